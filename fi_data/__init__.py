@@ -1,0 +1,1 @@
+"""fi_data: First Impressions V2 from files on disk to batches of tensors."""

@@ -1,0 +1,1 @@
+"""search: HyperModel, tuner set-up, retraining, scoring, reports and prediction."""
