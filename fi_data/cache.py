@@ -1,0 +1,650 @@
+"""Preprocess every clip once into the resumable feature cache (format: ``fi_data.cache_format``).
+
+:func:`build_cache` turns a clip table into ``<cache_root>/<key>/``, where ``key`` hashes the
+:class:`PreprocessParams`, the feature-code version and every clip's (id, split, status,
+labels): the same inputs find the finished cache and do no work; a changed parameter or a
+re-split makes a new folder.
+
+How a build runs (parallel over clips, resumable, never loses finished work):
+
+1. ``parts/<clip_id>.npz``: each clip's result (standardized unpadded audio features, the
+   frames, its status and flags) is written by a worker to a temporary name and renamed
+   (``os.replace``), so a part either exists whole or not at all. A rerun after Ctrl-C or
+   ``kill -9`` skips the clips whose part exists. Skipped clips get a part too (their
+   reason), so they are not retried.
+2. When every clip has a part, M (the mean audio frame count of the training split) is
+   computed, every split's arrays are assembled and written (``write_split``), and
+   ``manifest.json`` is written LAST: its presence is the completion record. Then ``parts/``
+   is removed.
+
+Bad clips (the policy is the same in every split; each code is listed in the manifest's
+``problems`` summary with the first clip ids):
+
+- skipped (no row in the arrays), ``status`` = the reason: ``missing_file``, ``empty_file``
+  (0 bytes), ``unreadable_container`` (e.g. MP4 ``moov`` atom missing, not a media file),
+  ``no_video_stream``, ``no_decodable_frames``, ``decode_failed``, ``decode_timeout``,
+  ``open_failed`` (the clip opener raised, e.g. a damaged archive member),
+  ``unexpected_error``; rows of the clip table whose ``status`` is not ``ok`` keep that status.
+- kept, with ``flags``: audio problems (``no_audio_stream``, ``audio_decode_failed``,
+  ``audio_zero_length``, ``audio_shorter_than_fft_window``, ``audio_nonfinite``: all-zero
+  audio, which is the mean after standardization; ``silent_audio``: zeros of its real length;
+  see ``fi_data.audio``), ``few_decodable_frames`` (fewer than ``n_frames`` decode: indices
+  repeat evenly), ``frame_count_mismatch`` (the container's frame count was wrong; frames are
+  spaced over those that really decode), ``decode_errors`` (ffmpeg reported errors but gave
+  frames), ``odd_resolution`` (neither 16:9 nor 4:3, or lower than the frame height; resized
+  the same way, never stretched), ``mono_audio`` (information only: mono and stereo give the
+  same features for the same signal).
+
+No NaN or Inf enters the cache: features are checked per clip and ``write_split`` checks
+every array again before writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import pickle
+import platform
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fi_data import audio as audio_features
+from fi_data.cache_format import (FORMAT_VERSION, MANIFEST_NAME, FeatureCache, SplitArrays, open_cache,
+                                  write_json_atomic, write_split)
+from fi_data.ffmpeg_tools import MediaError, decode_clip, ffmpeg_version, probe, require_ffmpeg
+from fi_data.traits import SPLITS, TRAITS
+from fi_data.video import evenly_spaced_indices, is_odd_resolution, resize_chain
+
+FEATURE_VERSION = 1
+"""Bumped whenever the extraction code changes its output; part of the cache key."""
+
+PARTS_DIR, TMP_DIR, ASSEMBLY_DIR = "parts", "tmp", "assembly"
+_PARTIAL_PREFIX = ".partial-"
+_EXAMPLES = 10  # clip ids listed per problem in the manifest summary
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessParams:
+    """Every parameter that changes the cached arrays (all of them go into the cache key).
+
+    Audio (see ``fi_data.audio``): ``sample_rate`` Hz (mono mix-down), ``representation``
+    (``"mfcc"`` -> ``(n_mfcc, M, 1)``, ``"mean_mfcc"`` -> ``(n_mfcc, 1)``, ``"logmel"`` ->
+    ``(n_mels, M, 1)``), ``n_mfcc``, ``n_fft`` / ``hop_length`` in samples, ``window``
+    (a ``scipy.signal.get_window`` name), ``n_mels`` mel bands from ``fmin`` to ``fmax`` Hz
+    (``None`` = Nyquist), ``top_db`` (dynamic range kept by ``librosa.power_to_db``),
+    ``standardize`` (``"sample"`` or ``"coefficient"``), ``std_floor`` (minimum SD, in the
+    features' dB units; real speech features vary by tens of dB), ``silence_db`` (peak dBFS
+    below which audio counts as silent; -80 dBFS is just above 16-bit audio's -96 dBFS
+    quantisation floor and below any real recording's noise), ``padding`` / ``truncating`` (``"pre"`` or ``"post"``).
+    The defaults (16 kHz, 512-sample window, 256 hop, Hann, 64 mel bands, top_db 80) are
+    explained in ``fi_data.audio``.
+
+    Video (see ``fi_data.video``): ``n_frames`` per clip, ``frame_height`` x ``frame_width``
+    pixels, ``scale_flags`` (swscale algorithm), ``skip_loop_filter`` (skip H.264 deblocking
+    when decoding; faster, changes pixels slightly).
+
+    Raises:
+        ValueError: for an unknown choice or a non-positive size (on construction).
+    """
+
+    sample_rate: int = 16000
+    representation: str = "mfcc"
+    n_mfcc: int = 24
+    n_fft: int = 512
+    hop_length: int = 256
+    window: str = "hann"
+    n_mels: int = 64
+    fmin: float = 0.0
+    fmax: float | None = None
+    top_db: float | None = 80.0
+    standardize: str = "sample"
+    std_floor: float = 1e-3
+    silence_db: float = -80.0
+    padding: str = "pre"
+    truncating: str = "pre"
+    n_frames: int = 6
+    frame_height: int = 140
+    frame_width: int = 248
+    scale_flags: str = "area"
+    skip_loop_filter: bool = True
+
+    def __post_init__(self):
+        choices = {"representation": audio_features.REPRESENTATIONS, "standardize": ("sample", "coefficient"),
+                   "padding": ("pre", "post"), "truncating": ("pre", "post")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"PreprocessParams.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("sample_rate", "n_mfcc", "n_fft", "hop_length", "n_mels", "n_frames", "frame_height",
+                     "frame_width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PreprocessParams.{name} must be a positive integer, got {value!r}")
+        if self.n_mfcc > self.n_mels:
+            raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
+        if not self.std_floor > 0:
+            raise ValueError(f"std_floor must be > 0, got {self.std_floor!r}")
+        if self.representation == "mean_mfcc" and self.standardize == "coefficient":
+            raise ValueError("mean_mfcc with standardize='coefficient' would be all zeros (every row has mean 0); "
+                             "use standardize='sample'")
+
+    def to_dict(self) -> dict:
+        """The parameters as a JSON-ready dict (the manifest's ``params``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessParams":
+        """Rebuild from :meth:`to_dict` output (e.g. a cache manifest's ``params``).
+
+        Raises:
+            ValueError: for keys this version does not know (the cache was made by other code).
+        """
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown preprocessing parameters {sorted(unknown)}; was the cache made by another "
+                             "version of the toolkit?")
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipFeatures:
+    """The model inputs of one clip, exactly as the cache holds them.
+
+    Attributes:
+        audio: float32 ``audio_shape(params, M)``, e.g. ``(24, M, 1)``; ``None`` if skipped.
+        frames: uint8 ``(n_frames, frame_height, frame_width, 3)`` RGB; ``None`` if skipped.
+        status: ``"ok"`` or the reason the clip cannot be used (see the module docstring).
+        flags: problems the clip was kept with.
+        detail: ffmpeg's messages or the exception text, for humans ("" if none).
+        info: ``video_frames`` (decoded), ``frame_count_hint``, ``audio_frames`` (T before
+            padding), ``source_size`` ``[w, h]`` where known.
+    """
+
+    audio: np.ndarray | None
+    frames: np.ndarray | None
+    status: str
+    flags: tuple = ()
+    detail: str = ""
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+def _skipped(reason: str, detail: str = "", info: dict | None = None) -> ClipFeatures:
+    return ClipFeatures(None, None, reason, (), detail, info or {})
+
+
+def _extract(path: str | os.PathLike, params: PreprocessParams, *, threads: int, timeout_s: float,
+             tmp_dir: str | os.PathLike | None) -> ClipFeatures:
+    """Like :func:`extract_clip_features`, but ``audio`` holds the UNPADDED features ``(rows, T)``."""
+    path = Path(path)
+    if not path.is_file():
+        return _skipped("missing_file", str(path))
+    if path.stat().st_size == 0:
+        return _skipped("empty_file", str(path))
+    try:
+        info = probe(path, timeout_s)
+    except MediaError as e:
+        return _skipped(e.reason, e.detail)
+    clip_info = {"source_size": [info.width, info.height], "frame_count_hint": info.frame_count_hint}
+    if not info.has_video:
+        return _skipped("no_video_stream", "", clip_info)
+    flags, details = [], []
+    if info.has_audio and info.audio_channels == 1:
+        flags.append("mono_audio")
+    if is_odd_resolution(info.width, info.height, params.frame_height):
+        flags.append("odd_resolution")
+    decode = dict(frame_chain=resize_chain(params.frame_height, params.frame_width, params.scale_flags),
+                  frame_size=(params.frame_height, params.frame_width), threads=threads,
+                  skip_loop_filter=params.skip_loop_filter, timeout_s=timeout_s, tmp_dir=tmp_dir)
+    # Pass 1 picks frames by the container's count (right for sound clips) and counts the
+    # frames that really decode; pass 2 (video only) runs only if that count differs.
+    hint = info.frame_count_hint
+    guess = evenly_spaced_indices(hint, params.n_frames) if hint else np.zeros(0, np.int64)
+    audio_failed = False
+    try:
+        dec = decode_clip(path, frame_indices=guess, audio_rate=params.sample_rate if info.has_audio else None,
+                          audio_channels=info.audio_channels, **decode)
+    except MediaError as e:
+        if not info.has_audio or e.reason == "decode_timeout":
+            return _skipped(e.reason, e.detail, clip_info)
+        try:  # maybe only the audio stream is undecodable: keep the video
+            dec = decode_clip(path, frame_indices=guess, audio_rate=None, **decode)
+        except MediaError as e2:
+            return _skipped(e2.reason, e2.detail, clip_info)
+        audio_failed = True
+        flags.append("audio_decode_failed")
+        details.append(e.detail)
+    clip_info["video_frames"] = dec.n_video_frames
+    if dec.n_video_frames == 0:
+        return _skipped("no_decodable_frames", dec.errors, clip_info)
+    indices = evenly_spaced_indices(dec.n_video_frames, params.n_frames)
+    unique = np.unique(indices)
+    frames = dec.frames
+    if hint is not None and hint != dec.n_video_frames:
+        flags.append("frame_count_mismatch")
+        details.append(f"container says {hint} frames, {dec.n_video_frames} decoded")
+    if not np.array_equal(unique, np.unique(guess)) or frames.shape[0] != unique.size:
+        try:
+            again = decode_clip(path, frame_indices=unique, audio_rate=None, **decode)
+        except MediaError as e:
+            return _skipped(e.reason, e.detail, clip_info)
+        if again.n_video_frames != dec.n_video_frames or again.frames.shape[0] != unique.size:
+            return _skipped("decode_failed", f"decoding is not repeatable: {dec.n_video_frames} then "
+                            f"{again.n_video_frames} frames", clip_info)
+        frames = again.frames
+    frames = frames[np.searchsorted(unique, indices)]
+    if dec.n_video_frames < params.n_frames:
+        flags.append("few_decodable_frames")
+    if dec.errors:
+        flags.append("decode_errors")
+        details.append(dec.errors.splitlines()[0])
+    if audio_failed:
+        features = np.zeros((audio_features.n_feature_rows(params), 0), np.float32)
+    else:
+        features, audio_flags = audio_features.waveform_features(dec.audio, params)
+        flags += audio_flags
+    clip_info["audio_frames"] = int(features.shape[1])
+    return ClipFeatures(features, np.ascontiguousarray(frames), "ok", tuple(flags), "; ".join(details), clip_info)
+
+
+def extract_clip_features(path: str | os.PathLike, params: PreprocessParams, mfcc_frames: int | None, *,
+                          threads: int = 0, timeout_s: float = 300.0,
+                          tmp_dir: str | os.PathLike | None = None) -> ClipFeatures:
+    """The cache's arrays for one video file (used to predict on new clips).
+
+    Args:
+        path: a video file (any container ffmpeg reads).
+        params: the parameters the cache (and so the model) was made with, e.g.
+            ``PreprocessParams.from_dict(cache.params)``.
+        mfcc_frames: the cache's M (``manifest["mfcc_frames_mean"]``); unused for mean_mfcc.
+        threads: ffmpeg decoder threads (0 = ffmpeg's choice).
+        timeout_s: limit per ffmpeg/ffprobe run, seconds.
+        tmp_dir: where ffmpeg's raw outputs go briefly (default: the system's temp folder).
+
+    Returns:
+        A :class:`ClipFeatures`; ``audio`` is padded/truncated to M exactly as in the cache.
+        A clip that cannot be used has ``status`` != ``"ok"`` and ``audio``/``frames`` None.
+
+    Raises:
+        ValueError: if ``mfcc_frames`` is missing for a representation that needs it.
+        FFmpegNotFoundError: if ffmpeg/ffprobe are not installed.
+    """
+    if params.representation != "mean_mfcc" and not mfcc_frames:
+        raise ValueError(f"mfcc_frames (the cache's M) is needed for representation {params.representation!r}")
+    require_ffmpeg()
+    clip = _extract(path, params, threads=threads, timeout_s=timeout_s, tmp_dir=tmp_dir)
+    if clip.status != "ok":
+        return clip
+    return dataclasses.replace(clip, audio=audio_features.model_input(clip.audio, params, mfcc_frames))
+
+
+# ----------------------------------------------------------------------------------------
+# The clip table, the key, and the per-clip parts
+
+
+def _validated_table(clips: pd.DataFrame) -> pd.DataFrame:
+    required = ["clip_id", "split", *TRAITS, "source", "status"]
+    missing = [c for c in required if c not in clips.columns]
+    if missing:
+        raise ValueError(f"clip table lacks columns {missing}; it has {list(clips.columns)}")
+    table = clips[required].copy()
+    for column in ("clip_id", "source", "status"):
+        table[column] = table[column].astype(str)
+    bad_split = sorted(set(table["split"]) - set(SPLITS))
+    if bad_split:
+        raise ValueError(f"clip table has unknown split values {bad_split}; expected {SPLITS}")
+    dupes = table["clip_id"][table["clip_id"].duplicated()].unique().tolist()
+    if dupes:
+        raise ValueError(f"clip table has duplicate clip ids, e.g. {dupes[:5]}")
+    unsafe = [c for c in table["clip_id"] if not c or c.startswith(".") or any(ch in c for ch in "/\\\0")]
+    if unsafe:
+        raise ValueError(f"clip ids must be plain file names (no '/', '\\', NUL, not starting with '.'), "
+                         f"got e.g. {unsafe[:5]}")
+    labels = table[list(TRAITS)].to_numpy(dtype=np.float64)
+    usable = (table["status"] == "ok").to_numpy()  # rows with another status are recorded, never used
+    bad = usable & ~(np.isfinite(labels) & (labels >= 0) & (labels <= 1)).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} usable clips have labels outside [0, 1] or missing, e.g. "
+                         f"{table['clip_id'][bad].tolist()[:5]}")
+    table["split"] = pd.Categorical(table["split"], categories=list(SPLITS), ordered=True)
+    return table.sort_values(["split", "clip_id"], kind="stable").reset_index(drop=True)
+
+
+def cache_key(clips: pd.DataFrame, params: PreprocessParams) -> str:
+    """The cache folder name: ``<representation>-<16 hex digits of SHA-256>``.
+
+    Hashes the format and feature-code versions, ``params`` and each clip's (id, split,
+    status, five labels), so a re-split or relabelling makes a new cache. Clip sources
+    (paths) are not hashed: moving the dataset keeps the cache.
+
+    Raises:
+        ValueError: for a clip table that is missing columns or has bad values.
+    """
+    table = _validated_table(clips)
+    rows = [[r.clip_id, str(r.split), r.status, *[float(getattr(r, t)) for t in TRAITS]]
+            for r in table.itertuples(index=False)]
+    material = {"format_version": FORMAT_VERSION, "feature_version": FEATURE_VERSION, "params": params.to_dict(),
+                "clips": rows}
+    digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
+    return f"{params.representation}-{digest[:16]}"
+
+
+def _part_path(parts_dir: Path, clip_id: str) -> Path:
+    return parts_dir / f"{clip_id}.npz"
+
+
+def _write_part(parts_dir: Path, clip_id: str, clip: ClipFeatures, params: PreprocessParams) -> None:
+    rows = audio_features.n_feature_rows(params)
+    features = clip.audio if clip.audio is not None else np.zeros((rows, 0), np.float32)
+    frames = clip.frames if clip.frames is not None else np.zeros(
+        (0, params.frame_height, params.frame_width, 3), np.uint8)
+    meta = {"status": clip.status, "flags": list(clip.flags), "detail": clip.detail, **clip.info}
+    tmp = parts_dir / f"{_PARTIAL_PREFIX}{os.getpid()}-{clip_id}.npz"
+    with open(tmp, "wb") as f:
+        np.savez(f, features=features, frames=frames, meta=np.array(json.dumps(meta)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, _part_path(parts_dir, clip_id))
+
+
+def _read_meta(part: Path) -> dict:
+    with np.load(part) as npz:
+        return json.loads(str(npz["meta"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs to turn (clip_id, source) into a part file (picklable)."""
+
+    params: PreprocessParams
+    parts_dir: Path
+    tmp_dir: Path
+    open_clip: object
+    timeout_s: float
+
+    def run(self, clip_id: str, source: str) -> tuple[str, str, tuple]:
+        try:
+            with self.open_clip(source) as path:
+                try:
+                    clip = _extract(path, self.params, threads=1, timeout_s=self.timeout_s,  # parallel over clips
+                                    tmp_dir=self.tmp_dir)
+                except Exception as e:  # noqa: BLE001 - a bug on one clip must not stop the job
+                    clip = _skipped("unexpected_error", f"{type(e).__name__}: {e}")
+        except Exception as e:  # noqa: BLE001 - an unreadable source is one clip's problem
+            clip = _skipped("open_failed", f"{type(e).__name__}: {e}")
+        _write_part(self.parts_dir, clip_id, clip, self.params)
+        return clip_id, clip.status, clip.flags
+
+
+_WORKER_JOB: _Job | None = None
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds subprocess.run, which kills the running ffmpeg
+
+
+def _init_worker(job: _Job) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = job
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _worker_task(item: tuple[str, str]) -> tuple[str, str, tuple]:
+    return _WORKER_JOB.run(*item)
+
+
+def _pool_context():
+    # forkserver: workers fork from a fresh server that imported this module once (fast start,
+    # and safe even when the parent has TensorFlow's threads running); spawn elsewhere.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from keras.utils import Progbar  # imported only here: workers never load Keras
+
+    return Progbar(total, unit_name="clip", stateful_metrics=["skipped"])
+
+
+def _run_jobs(todo: list[tuple[str, str]], job: _Job, workers: int, progress: bool) -> None:
+    bar = _progress_bar(len(todo), progress)
+    done = skipped = 0
+
+    def tick(result: tuple[str, str, tuple]):
+        nonlocal done, skipped
+        done += 1
+        skipped += result[1] != "ok"
+        if bar is not None:
+            bar.update(done, values=[("skipped", skipped)])
+
+    if workers == 1:
+        for clip_id, source in todo:
+            tick(job.run(clip_id, source))
+        return
+    # No clip can take longer than its four ffmpeg/ffprobe runs; waiting longer means a worker
+    # died (e.g. killed for memory), which multiprocessing.Pool would otherwise wait out forever.
+    stall_s = 4 * job.timeout_s + 600
+    pool = _pool_context().Pool(workers, initializer=_init_worker, initargs=(job,))
+    try:
+        results = pool.imap_unordered(_worker_task, todo, chunksize=1)
+        for _ in todo:
+            try:
+                tick(results.next(timeout=stall_s))
+            except multiprocessing.TimeoutError:
+                raise RuntimeError(f"no clip finished in {stall_s:g} s: a worker process probably died; rerun to "
+                                   "resume (finished clips are kept)") from None
+        pool.close()
+    except BaseException:  # Ctrl-C or an error: stop the workers; finished parts stay on disk
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+# ----------------------------------------------------------------------------------------
+# Assembly and the manifest
+
+
+def _mean_frames(entries: dict, table: pd.DataFrame) -> tuple[int, float]:
+    train = table["clip_id"][table["split"] == "train"]
+    lengths = [entries[c]["audio_frames"] for c in train
+               if entries[c]["status"] == "ok" and entries[c].get("audio_frames", 0) > 0]
+    if not lengths:
+        raise ValueError(f"none of the {len(train)} training clips has usable audio (all skipped or flagged), so "
+                         "the mean MFCC frame count M is undefined")
+    exact = float(np.mean(lengths))
+    return int(math.floor(exact + 0.5)), exact
+
+
+def _assemble_split(cache_dir: Path, name: str, ids: list[str], targets: np.ndarray, parts_dir: Path,
+                    params: PreprocessParams, m: int, audio_shape: tuple, frame_shape: tuple) -> None:
+    assembly = cache_dir / ASSEMBLY_DIR
+    assembly.mkdir(exist_ok=True)
+    if ids:  # memory-mapped scratch arrays: a 6000-clip split never has to fit in memory
+        audio = np.lib.format.open_memmap(assembly / f"{name}_audio.npy", "w+", np.float32, (len(ids), *audio_shape))
+        frames = np.lib.format.open_memmap(assembly / f"{name}_frames.npy", "w+", np.uint8, (len(ids), *frame_shape))
+    else:
+        audio = np.zeros((0, *audio_shape), np.float32)
+        frames = np.zeros((0, *frame_shape), np.uint8)
+    for i, clip_id in enumerate(ids):
+        with np.load(_part_path(parts_dir, clip_id)) as part:
+            audio[i] = audio_features.model_input(part["features"], params, m)
+            frames[i] = part["frames"]
+    write_split(cache_dir, SplitArrays(name, audio, frames, targets, tuple(ids)))
+    del audio, frames
+    shutil.rmtree(assembly, ignore_errors=True)
+
+
+def _problems(entries: dict) -> dict:
+    skipped, flagged = {}, {}
+    for clip_id, e in entries.items():
+        groups = [(skipped, e["status"])] if e["status"] != "ok" else [(flagged, f) for f in e["flags"]]
+        for group, code in groups:
+            slot = group.setdefault(code, {"count": 0, "clips": []})
+            slot["count"] += 1
+            if len(slot["clips"]) < _EXAMPLES:
+                slot["clips"].append(clip_id)
+    return {"skipped": dict(sorted(skipped.items())), "flagged": dict(sorted(flagged.items()))}
+
+
+def _versions() -> dict:
+    import librosa
+    import scipy
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "librosa": librosa.__version__,
+            "scipy": scipy.__version__, "pandas": pd.__version__, "ffmpeg": ffmpeg_version(),
+            "feature_version": FEATURE_VERSION}
+
+
+def _finish(cache_dir: Path, table: pd.DataFrame, params: PreprocessParams, key: str) -> dict:
+    parts_dir = cache_dir / PARTS_DIR
+    entries = {}
+    for r in table.itertuples(index=False):
+        entry = {"split": str(r.split), "status": r.status, "flags": []}
+        if r.status == "ok":
+            meta = _read_meta(_part_path(parts_dir, r.clip_id))
+            entry.update(meta)
+            if not entry["detail"]:
+                del entry["detail"]
+        entries[r.clip_id] = entry
+    m, m_exact = _mean_frames(entries, table)
+    a_shape = audio_features.audio_shape(params, m)
+    f_shape = (params.n_frames, params.frame_height, params.frame_width, 3)
+    splits = {}
+    for name in SPLITS:
+        rows = table[table["split"] == name]
+        kept = rows.loc[np.array([entries[c]["status"] == "ok" for c in rows["clip_id"]], dtype=bool)]
+        ids = kept["clip_id"].tolist()
+        targets = kept[list(TRAITS)].to_numpy(dtype=np.float32).reshape(len(ids), len(TRAITS))
+        _assemble_split(cache_dir, name, ids, targets, parts_dir, params, m, a_shape, f_shape)
+        splits[name] = {"n": len(ids), "skipped": int(len(rows) - len(ids))}
+    manifest = {
+        "format_version": FORMAT_VERSION, "key": key, "params": params.to_dict(), "traits": list(TRAITS),
+        "audio_shape": list(a_shape), "frame_shape": list(f_shape), "mfcc_frames_mean": m,
+        "mfcc_frames_mean_exact": m_exact, "splits": splits, "problems": _problems(entries), "clips": entries,
+        "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json_atomic(cache_dir / MANIFEST_NAME, manifest)  # last: the completion record
+    return manifest
+
+
+def _clean_partials(cache_dir: Path) -> None:
+    """Remove what an interrupted run may have left half-written (never a finished part).
+
+    ``tmp/`` is kept until the build finishes: a worker of a killed run may still be decoding
+    into it, and removing its files would make a good clip look broken.
+    """
+    shutil.rmtree(cache_dir / ASSEMBLY_DIR, ignore_errors=True)
+    for partial in (cache_dir / PARTS_DIR).glob(_PARTIAL_PREFIX + "*"):
+        partial.unlink(missing_ok=True)
+
+
+def build_cache(clips: pd.DataFrame, cache_root: str | os.PathLike, params: PreprocessParams = PreprocessParams(),
+                *, open_clip, workers: int | None = None, progress: bool = True,
+                timeout_s: float = 300.0) -> Path:
+    """Preprocess every clip of the table into a feature cache; resume or reuse when possible.
+
+    Args:
+        clips: clip table with columns ``clip_id``, ``split`` (one of ``SPLITS``), the five
+            ``TRAITS`` (labels in [0, 1]), ``source`` (str) and ``status`` (``"ok"`` or why
+            the clip is unusable; such rows are recorded, not processed). Other columns are
+            ignored. Rows are stored sorted by clip id within each split.
+        cache_root: folder holding caches; the result is ``cache_root / cache_key(...)``.
+        params: the preprocessing parameters.
+        open_clip: ``open_clip(source)`` -> context manager yielding the path of a video file,
+            e.g. ``fi_data.archives.open_clip`` via ``functools.partial`` or :func:`open_path`.
+            It runs in worker processes, so it must be picklable (a module-level function or
+            a ``functools.partial`` of one).
+        workers: processes decoding clips in parallel (default ``os.cpu_count()``); each
+            ffmpeg decodes with one thread: the parallelism is over clips.
+        progress: show a ``keras.utils.Progbar`` (count, rate, ETA) and print a summary.
+        timeout_s: limit per ffmpeg/ffprobe run on one clip, seconds.
+
+    Returns:
+        The finished cache folder (open it with ``fi_data.cache_format.open_cache``).
+
+    Raises:
+        FFmpegNotFoundError: at the start, if ffmpeg/ffprobe are not installed.
+        ValueError: for a malformed clip table, an opener that cannot be pickled, or when no
+            training clip has usable audio (M undefined).
+        KeyboardInterrupt: on Ctrl-C, after stopping the workers; rerun to resume.
+    """
+    require_ffmpeg()
+    table = _validated_table(clips)
+    key = cache_key(table, params)
+    cache_dir = Path(cache_root) / key
+    if (cache_dir / MANIFEST_NAME).is_file():
+        for folder in (PARTS_DIR, TMP_DIR, ASSEMBLY_DIR):  # left if a run died right after finishing
+            shutil.rmtree(cache_dir / folder, ignore_errors=True)
+        if progress:
+            print(f"Feature cache up to date: {cache_dir}\n{summarize_cache(cache_dir)}")
+        return cache_dir
+    try:
+        pickle.dumps(open_clip)
+    except Exception as e:  # noqa: BLE001 - any pickling failure means the same thing here
+        raise ValueError(f"open_clip must be picklable (a module-level function or functools.partial), "
+                         f"got {open_clip!r}: {e}") from e
+    parts_dir, tmp_dir = cache_dir / PARTS_DIR, cache_dir / TMP_DIR
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    _clean_partials(cache_dir)
+    tmp_dir.mkdir(exist_ok=True)
+    todo = [(r.clip_id, str(r.source)) for r in table.itertuples(index=False)
+            if r.status == "ok" and not _part_path(parts_dir, r.clip_id).is_file()]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    if progress:
+        done = int((table["status"] == "ok").sum()) - len(todo)
+        print(f"Preprocessing {len(todo)} clips into {cache_dir} with {workers} worker(s)"
+              + (f" ({done} already done by an earlier run)" if done else ""))
+    job = _Job(params, parts_dir, tmp_dir, open_clip, timeout_s=timeout_s)
+    _run_jobs(todo, job, workers, progress)
+    manifest = _finish(cache_dir, table, params, key)
+    for folder in (PARTS_DIR, TMP_DIR):
+        shutil.rmtree(cache_dir / folder, ignore_errors=True)
+    if progress:
+        print(summarize_cache(manifest))
+    return cache_dir
+
+
+@contextlib.contextmanager
+def open_path(source: str | os.PathLike):
+    """The clip opener for plain files: yields ``Path(source)`` (picklable; for ``build_cache``)."""
+    yield Path(source)
+
+
+def summarize_cache(cache: FeatureCache | dict | str | os.PathLike) -> str:
+    """Text summary of a finished cache: set sizes, M, shapes and the problems found.
+
+    Args:
+        cache: a :class:`FeatureCache`, its folder, or its manifest dict.
+    """
+    manifest = cache if isinstance(cache, dict) else (
+        cache if isinstance(cache, FeatureCache) else open_cache(cache)).manifest
+    splits, exact = manifest["splits"], manifest.get("mfcc_frames_mean_exact")
+    lines = ["Set sizes: " + ", ".join(f"{s} {splits[s]['n']}" + (f" ({splits[s]['skipped']} skipped)"
+                                                                 if splits[s].get("skipped") else "")
+                                       for s in SPLITS if s in splits),
+             f"Mean MFCC frame count over the training set: M = {manifest.get('mfcc_frames_mean')}"
+             + (f" ({exact:.2f} before rounding)" if exact is not None else ""),
+             f"Audio sample shape {tuple(manifest['audio_shape'])} float32 "
+             f"({manifest['params'].get('representation', '?')}), frames {tuple(manifest['frame_shape'])} uint8"]
+    problems = manifest.get("problems", {})
+    for title, group in (("Skipped clips", problems.get("skipped", {})), ("Kept with flags", problems.get("flagged", {}))):
+        if group:
+            lines.append(f"{title}: " + ", ".join(f"{code} {v['count']} (e.g. {', '.join(v['clips'][:3])})"
+                                                 for code, v in group.items()))
+    return "\n".join(lines)
+
