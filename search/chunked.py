@@ -1,0 +1,102 @@
+"""Run a search's trials in fresh child processes, a bounded number of trials each.
+
+Memory grows with every model trained in one TensorFlow process, even with
+``keras.backend.clear_session()`` (keras-team/keras#17458, #20552; measured here at about
+30 MiB per small trial by ``benchmarks/bench_trial_memory.py``). A long search therefore
+runs as a sequence of child processes, each resuming the same Keras Tuner project (the
+same mechanism as resuming after a crash) and starting at most ``trials_per_process``
+trials. The parent only waits; the children's output goes to the same terminal.
+
+The child is ``python -m search.chunked CACHE_DIR RUN_DIR [--max-new-trials N]
+[--time-budget-s S]``; it reads the settings from ``RUN_DIR/config.json`` and exits with
+one of :data:`EXIT_CODES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fi_data.cache_format import FeatureCache
+
+EXIT_CODES = {"search_finished": 0, "trial_limit": 10, "time_budget": 11, "search_failed": 12}
+"""Exit status of a child for each way it can stop (any other status: it crashed)."""
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def search_in_processes(cache: FeatureCache, paths, config) -> str:
+    """Run the search of ``paths.root`` (``config.json`` already written) in child processes.
+
+    Args:
+        cache: the opened cache (its folder is passed to the children).
+        paths: the run folder's ``RunPaths``.
+        config: the settings; ``trials_per_process`` trials per child, ``time_budget_s``
+            shared by all children.
+
+    Returns:
+        ``"search_finished"`` or ``"time_budget"``.
+
+    Raises:
+        search.tuner.SearchFailedError: a child stopped after too many consecutive failures.
+        RuntimeError: a child crashed or was killed (its output says why; rerun to resume).
+    """
+    from search.tuner import SearchFailedError
+
+    start = time.monotonic()
+    codes = {code: reason for reason, code in EXIT_CODES.items()}
+    print(f"[search] trials run in fresh processes of at most {config.trials_per_process} "
+          "(memory stays bounded)", flush=True)
+    while True:
+        command = [sys.executable, "-m", "search.chunked", str(Path(cache.path).resolve()),
+                   str(paths.root.resolve()), "--max-new-trials", str(config.trials_per_process)]
+        if config.time_budget_s is not None:
+            left = config.time_budget_s - (time.monotonic() - start)
+            if left <= 0:
+                return "time_budget"
+            command += ["--time-budget-s", repr(left)]
+        status = subprocess.run(command, cwd=_ROOT).returncode
+        reason = codes.get(status)
+        if reason in ("search_finished", "time_budget"):
+            return reason
+        if reason == "search_failed":
+            raise SearchFailedError(f"the search stopped after too many consecutive failed trials (see above); "
+                                    f"every trial is in {paths.trials_csv}")
+        if reason is None:
+            raise RuntimeError(f"a search process exited with status {status}"
+                               + (" (killed: out of memory?)" if status < 0 else "")
+                               + f"; its output is above. Rerun the same command to resume {paths.root}.")
+
+
+def main(argv=None) -> int:
+    """Entry point of a child: resume the run folder's search for at most N new trials."""
+    parser = argparse.ArgumentParser(prog="python -m search.chunked", description=__doc__.split("\n\n")[0])
+    parser.add_argument("cache_dir", help="feature cache folder")
+    parser.add_argument("run_dir", help="run folder holding config.json")
+    parser.add_argument("--max-new-trials", type=int, default=None, help="trials to start at most")
+    parser.add_argument("--time-budget-s", type=float, default=None, help="seconds before no new trial starts")
+    args = parser.parse_args(argv)
+
+    from fi_data.cache_format import open_cache
+    from search.config import SearchConfig
+    from search.runs import RunPaths
+    from search.tuner import SearchFailedError, make_hypermodel, search_in_process
+
+    paths = RunPaths(Path(args.run_dir))
+    config = dataclasses.replace(SearchConfig.load(paths.config), time_budget_s=args.time_budget_s)
+    cache = open_cache(args.cache_dir)
+    try:
+        _, stopped_by = search_in_process(make_hypermodel(cache, config), paths, config,
+                                          max_new_trials=args.max_new_trials)
+    except SearchFailedError as e:
+        print(f"[search] {e}", file=sys.stderr, flush=True)
+        return EXIT_CODES["search_failed"]
+    return EXIT_CODES[stopped_by]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

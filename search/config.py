@@ -1,0 +1,160 @@
+"""Every setting of a search run, in one dataclass that round-trips through ``config.json``.
+
+The command line (``run_search.py``) fills a :class:`SearchConfig`; the search, the
+retraining and the report read only this object. ``config.json`` in the run folder holds the
+resolved settings, and a rerun in the same folder resumes the search only when the settings
+that define the search (:data:`SEARCH_DEFINING`) are unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+TUNERS = ("hyperband", "random", "bayesian")
+"""Search algorithms: Keras Tuner's Hyperband (default), RandomSearch, BayesianOptimization."""
+
+SEARCH_DEFINING = ("tuner", "max_epochs", "factor", "hyperband_iterations", "max_trials",
+                   "executions_per_trial", "seed", "batch_sizes", "crop_size", "augment",
+                   "audio_masking", "allow_resnet", "fixed_hyperparameters",
+                   "early_stopping_patience")
+"""Settings that change what the tuner explores; resuming a run with other values is refused.
+
+The time budget, the retraining settings, ``trials_per_process``, ``overwrite`` and
+``verbose`` may change between an interrupted run and its resumption.
+"""
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Settings of one search run (all of them; serialised to ``config.json``).
+
+    Attributes:
+        tuner: one of :data:`TUNERS`.
+        max_epochs: most epochs one model trains (Hyperband's ``max_epochs``; the epochs of
+            every RandomSearch / BayesianOptimization trial).
+        factor: Hyperband's reduction factor (>= 2).
+        hyperband_iterations: Hyperband iterations (>= 1).
+        max_trials: trials of RandomSearch / BayesianOptimization (Hyperband ignores it).
+        executions_per_trial: models trained per trial; the trial's score is their mean.
+        seed: seeds the oracle, Keras (``keras.utils.set_random_seed`` before each trial and
+            before retraining) and the input pipeline's shuffling and augmentation, so a run
+            repeats exactly on a CPU (GPU kernels may differ in float rounding).
+        time_budget_s: seconds after which no new trial starts (``None``: no budget). Counted
+            from the start of this invocation's search; the running trial finishes.
+        batch_sizes: the batch sizes the search chooses from (the first is the default).
+        eval_batch_size: batch size for predictions when scoring.
+        crop_size: side of the square frame crop fed to the model, in pixels.
+        augment: training-split augmentation (random crop, flip, brightness/contrast).
+        audio_masking: time/frequency masking of MFCC-matrix audio while training.
+        allow_resnet: offer ResNet50 as a visual backbone (slow on a CPU; opt-in).
+        fixed_hyperparameters: hyperparameter name -> value held fixed in the search
+            (``keras_tuner`` ``hp.Fixed``), e.g. ``{"backbone": "vgg", "depth": 2}``.
+        early_stopping_patience: epochs without a better validation objective before a trial,
+            or the retraining, stops early.
+        retrain_epochs: epochs of the retraining (``None``: ``max_epochs``). With
+            ``train_on_train_plus_val`` the best trial's best epoch count is used when known.
+        train_on_train_plus_val: retrain on train + validation (no early stopping) instead of
+            train with validation-based early stopping.
+        overwrite: delete an existing run folder's results and start over.
+        max_consecutive_failures: stop the search with an error after this many failed
+            trials in a row.
+        trials_per_process: run the trials in fresh child processes of at most this many
+            trials each, resuming the same Keras Tuner project (``None``: all in this
+            process). Memory grows with every model trained in one TensorFlow process
+            (about 30 MiB per small trial, ``benchmarks/bench_trial_memory.py``), so long
+            searches need this to stay bounded.
+        verbose: ``model.fit`` verbosity inside trials and the retraining (0, 1 or 2).
+    """
+
+    tuner: str = "hyperband"
+    max_epochs: int = 20
+    factor: int = 3
+    hyperband_iterations: int = 1
+    max_trials: int = 20
+    executions_per_trial: int = 1
+    seed: int = 0
+    time_budget_s: float | None = None
+    batch_sizes: tuple = (32, 16, 64)
+    eval_batch_size: int = 64
+    crop_size: int = 128
+    augment: bool = True
+    audio_masking: bool = False
+    allow_resnet: bool = False
+    fixed_hyperparameters: dict = dataclasses.field(default_factory=dict)
+    early_stopping_patience: int = 5
+    retrain_epochs: int | None = None
+    train_on_train_plus_val: bool = False
+    overwrite: bool = False
+    max_consecutive_failures: int = 3
+    trials_per_process: int | None = 10
+    verbose: int = 0
+
+    def __post_init__(self):
+        self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
+        self.fixed_hyperparameters = dict(self.fixed_hyperparameters)
+        problems = []
+        if self.tuner not in TUNERS:
+            problems.append(f"tuner {self.tuner!r} is not one of {TUNERS}")
+        for name in ("max_epochs", "hyperband_iterations", "max_trials", "executions_per_trial",
+                     "eval_batch_size", "crop_size", "max_consecutive_failures", "trials_per_process"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.factor < 2:
+            problems.append(f"factor must be >= 2, got {self.factor!r}")
+        if self.early_stopping_patience < 0:
+            problems.append(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience!r}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            problems.append(f"batch_sizes must be positive integers, got {self.batch_sizes!r}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            problems.append(f"time_budget_s must be > 0 seconds or None, got {self.time_budget_s!r}")
+        if self.retrain_epochs is not None and self.retrain_epochs < 1:
+            problems.append(f"retrain_epochs must be >= 1 or None, got {self.retrain_epochs!r}")
+        if problems:
+            raise ValueError("invalid search settings: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["batch_sizes"] = list(self.batch_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchConfig":
+        """Build from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: for unknown keys (naming them) or invalid values.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown search settings {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def save(self, path: str | os.PathLike, **extra) -> None:
+        """Write ``{"settings": to_dict(), **extra}`` to ``path`` atomically."""
+        from fi_data.cache_format import write_json_atomic
+        write_json_atomic(path, {"settings": self.to_dict(), **extra})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SearchConfig":
+        """Read a ``config.json`` written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: if ``path`` does not exist.
+            ValueError: if the file is not valid JSON or holds invalid settings (naming it).
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls.from_dict(data["settings"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable search config.json ({e})") from e
+
+    def search_differences(self, other: "SearchConfig") -> dict:
+        """The :data:`SEARCH_DEFINING` settings that differ: ``{name: (self's, other's)}``."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (mine[k], theirs[k]) for k in SEARCH_DEFINING if mine[k] != theirs[k]}

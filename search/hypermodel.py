@@ -1,0 +1,215 @@
+"""The Keras Tuner ``HyperModel`` over the ``fi_models`` family, trained on the feature cache.
+
+``build(hp)`` declares every hyperparameter first and then calls
+``fi_models.fusion.build_model`` / ``compile_model`` (no model code lives here);
+``fit(hp, model, *args, **kwargs)`` builds the ``tf.data`` datasets of the cache's train and
+validation splits with the tuned batch size and forwards ``**kwargs`` (the tuner's
+callbacks, epochs) to ``model.fit``. The test split is never opened here.
+
+The search space (:data:`HYPERPARAMETERS`; defaults make the assignment's model)::
+
+    audio_branch         blstm | conv1d | conv2d (MFCC matrix (N, M, 1)), or mean_dense
+                         (mean MFCCs (N, 1)): only the branches that fit the cached audio
+    backbone             vgg (| resnet50 with allow_resnet)
+      vgg_depth          1..min(5, log2(crop))   only when backbone == vgg   (default 3)
+      vgg_width          16 | 32 | 64            only when backbone == vgg   (default 32)
+    temporal             max | lstm | gru                                    (default max)
+      temporal_units     32 | 64 | 128           only when temporal != max  (default 64)
+    fusion_units         64 | 128 | 256 | 512    dense width after fusion    (default 256)
+    dropout              0.0 .. 0.6, step 0.1                                (default 0.5)
+    head                 linear | sigmoid                                    (default linear)
+    standardize_targets  True | False: the regression-to-the-mean remedy: the network learns
+                         targets standardized with the TRAINING split's per-trait mean/SD
+                         (``fi_models.fusion.LabelScale``)                   (default True)
+    loss                 mae | mse | ccc_mae (``fi_models.losses``)          (default mae)
+    learning_rate        1e-4 .. 1e-2, log scale (Adam)                      (default 1e-3)
+    batch_size           SearchConfig.batch_sizes                            (default first)
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras_tuner as kt
+import numpy as np
+import tensorflow as tf
+
+from fi_data.cache_format import FeatureCache
+from fi_data.pipeline import make_dataset
+from fi_models.audio import compatible_audio_branches
+from fi_models.fusion import HEADS, build_model, compile_model, target_statistics
+from fi_models.losses import LOSSES
+from fi_models.visual import BACKBONES, TEMPORAL_CHOICES
+
+HYPERPARAMETERS = ("audio_branch", "backbone", "vgg_depth", "vgg_width", "temporal", "temporal_units",
+                   "fusion_units", "dropout", "head", "standardize_targets", "loss", "learning_rate",
+                   "batch_size")
+"""Names of every hyperparameter the HyperModel declares (keys of ``fixed``)."""
+
+DEFAULT_AUDIO_BRANCH = "conv2d"
+"""Preferred default audio branch when it fits the cached audio (the CPU-friendly one)."""
+
+
+class PersonalityHyperModel(kt.HyperModel):
+    """Search space over ``fi_models.fusion.build_model``, trained from a :class:`FeatureCache`.
+
+    Args:
+        cache: the opened feature cache. Only its ``train`` and ``validation`` splits are
+            read (``train`` also for the target mean/SD of the remedy).
+        batch_sizes: batch sizes to choose from; the first is the default.
+        crop_size: side of the square frame crop, in pixels (the model's video input is
+            ``(F, crop_size, crop_size, 3)``).
+        allow_resnet: offer ResNet50 (random init) as the visual backbone.
+        fixed: hyperparameter name -> value, declared with ``hp.Fixed`` instead of a range.
+        augment, audio_masking: training-split augmentation, see ``fi_data.pipeline``.
+        seed: seed of the input pipeline's shuffling and augmentation.
+        verbose: ``model.fit`` verbosity.
+
+    Raises:
+        ValueError: if ``fixed`` names an unknown hyperparameter, or no audio branch of
+            ``fi_models`` fits the cached audio shape (both naming what was expected).
+    """
+
+    def __init__(self, cache: FeatureCache, *, batch_sizes=(32, 16, 64), crop_size: int = 128,
+                 allow_resnet: bool = False, fixed: dict | None = None, augment: bool = True,
+                 audio_masking: bool = False, seed: int = 0, verbose: int = 0):
+        super().__init__(name="personality_hypermodel")
+        self.cache = cache
+        self.batch_sizes = tuple(int(b) for b in batch_sizes)
+        self.crop_size = int(crop_size)
+        self.allow_resnet = bool(allow_resnet)
+        self.fixed = dict(fixed or {})
+        unknown = sorted(set(self.fixed) - set(HYPERPARAMETERS))
+        if unknown:
+            raise ValueError(f"fixed hyperparameters {unknown} are unknown; known: {list(HYPERPARAMETERS)}")
+        self.augment = augment
+        self.audio_masking = audio_masking
+        self.seed = seed
+        self.verbose = verbose
+        self.audio_shape = tuple(cache.audio_shape)
+        self.video_shape = (int(cache.frame_shape[0]), self.crop_size, self.crop_size, 3)
+        self.audio_branches = compatible_audio_branches(self.audio_shape)
+        if not self.audio_branches:
+            raise ValueError(f"{cache.path}: cached audio of shape {self.audio_shape} fits no audio branch; "
+                             "expected (N, M, 1) MFCCs or (N, 1) mean MFCCs")
+        self.max_vgg_depth = max(1, min(5, int(math.log2(self.crop_size))))
+        self._target_stats = None
+
+    @property
+    def target_stats(self) -> tuple:
+        """``(mean, std)`` float64 ``(5,)`` of the TRAINING split's targets (read once)."""
+        if self._target_stats is None:
+            self._target_stats = target_statistics(np.asarray(self.cache.split("train").targets))
+        return self._target_stats
+
+    def _declare(self, hp: kt.HyperParameters, name: str, declare):
+        """``hp.Fixed(name, value)`` when ``name`` is fixed, else ``declare()``."""
+        if name in self.fixed:
+            return hp.Fixed(name, self.fixed[name])
+        return declare()
+
+    def declare(self, hp: kt.HyperParameters) -> dict:
+        """Declare every hyperparameter on ``hp`` and return the active values.
+
+        Returns:
+            dict name -> value; conditional hyperparameters that are inactive (e.g.
+            ``vgg_depth`` for ResNet50) are absent.
+        """
+        d = self._declare
+        branches = self.audio_branches
+        default_branch = DEFAULT_AUDIO_BRANCH if DEFAULT_AUDIO_BRANCH in branches else branches[0]
+        backbones = BACKBONES if self.allow_resnet else ("vgg",)
+        v = {
+            "audio_branch": d(hp, "audio_branch", lambda: hp.Choice("audio_branch", list(branches),
+                                                                    default=default_branch)),
+            "backbone": d(hp, "backbone", lambda: hp.Choice("backbone", list(backbones), default="vgg")),
+        }
+        with hp.conditional_scope("backbone", ["vgg"]):
+            v["vgg_depth"] = d(hp, "vgg_depth", lambda: hp.Int("vgg_depth", 1, self.max_vgg_depth,
+                                                               default=min(3, self.max_vgg_depth)))
+            v["vgg_width"] = d(hp, "vgg_width", lambda: hp.Choice("vgg_width", [16, 32, 64], default=32))
+        v["temporal"] = d(hp, "temporal", lambda: hp.Choice("temporal", list(TEMPORAL_CHOICES), default="max"))
+        with hp.conditional_scope("temporal", [t for t in TEMPORAL_CHOICES if t != "max"]):
+            v["temporal_units"] = d(hp, "temporal_units",
+                                    lambda: hp.Choice("temporal_units", [32, 64, 128], default=64))
+        v["fusion_units"] = d(hp, "fusion_units", lambda: hp.Choice("fusion_units", [64, 128, 256, 512],
+                                                                    default=256))
+        v["dropout"] = d(hp, "dropout", lambda: hp.Float("dropout", 0.0, 0.6, step=0.1, default=0.5))
+        v["head"] = d(hp, "head", lambda: hp.Choice("head", list(HEADS), default="linear"))
+        v["standardize_targets"] = d(hp, "standardize_targets",
+                                     lambda: hp.Boolean("standardize_targets", default=True))
+        v["loss"] = d(hp, "loss", lambda: hp.Choice("loss", list(LOSSES), default="mae"))
+        v["learning_rate"] = d(hp, "learning_rate", lambda: hp.Float("learning_rate", 1e-4, 1e-2,
+                                                                     sampling="log", default=1e-3))
+        v["batch_size"] = d(hp, "batch_size", lambda: hp.Choice("batch_size", list(self.batch_sizes),
+                                                                default=self.batch_sizes[0]))
+        return {k: val for k, val in v.items() if val is not None}
+
+    def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
+        """Keras Tuner's hook: register the whole space (conditional entries included) on ``hp``."""
+        self.declare(hp)
+
+    def build(self, hp: kt.HyperParameters):
+        """Declare all hyperparameters, then build and compile the ``fi_models`` model.
+
+        Returns:
+            A compiled ``keras.Model``: inputs audio ``(b, *audio_shape)`` and video
+            ``(b, F, crop, crop, 3)`` float32 in [0, 1]; output ``(b, 5)`` in ``TRAITS`` order.
+        """
+        v = self.declare(hp)
+        visual = {"depth": v["vgg_depth"], "width": v["vgg_width"]} if v["backbone"] == "vgg" else {}
+        if "temporal_units" in v:
+            visual["temporal_units"] = v["temporal_units"]
+        mean, std = self.target_stats if v["standardize_targets"] else (None, None)
+        model = build_model(self.audio_shape, self.video_shape, audio_branch=v["audio_branch"],
+                            backbone=v["backbone"], temporal=v["temporal"], fusion_units=v["fusion_units"],
+                            dropout=v["dropout"], head=v["head"], target_mean=mean, target_std=std, **visual)
+        return compile_model(model, learning_rate=v["learning_rate"], loss=v["loss"])
+
+    def datasets(self, batch_size: int, *, train_splits=("train",), validation: bool = True) -> tuple:
+        """The training dataset (of one or more splits) and the validation dataset (or None).
+
+        Several training splits (retraining on train + validation) are mixed batch by batch
+        with ``tf.data.Dataset.sample_from_datasets`` in proportion to their sizes, so no
+        split is ever concatenated in memory.
+
+        Returns:
+            ``(train_ds, val_ds)``: ``tf.data.Dataset`` s of ``((audio, video), y)``.
+        """
+        parts = [make_dataset(self.cache.split(s), training=True, batch_size=batch_size, seed=self.seed + i,
+                              crop_size=self.crop_size, augment=self.augment, audio_masking=self.audio_masking)
+                 for i, s in enumerate(train_splits)]
+        if len(parts) == 1:
+            train = parts[0]
+        else:
+            sizes = np.array([len(self.cache.split(s)) for s in train_splits], dtype=np.float64)
+            train = tf.data.Dataset.sample_from_datasets(parts, weights=(sizes / sizes.sum()).tolist(),
+                                                         seed=self.seed, stop_on_empty_dataset=False)
+            # Every batch of every part comes out once; telling Keras the count spares it a
+            # first epoch of unknown length (and its "ran out of data" warning).
+            batches = int(sum(np.ceil(sizes / batch_size)))
+            train = train.apply(tf.data.experimental.assert_cardinality(batches))
+        val = make_dataset(self.cache.split("validation"), training=False, batch_size=batch_size,
+                           crop_size=self.crop_size) if validation else None
+        return train, val
+
+    def fit(self, hp: kt.HyperParameters, model, *args, **kwargs):
+        """Train ``model`` on the cache's train split, validating on its validation split.
+
+        The datasets come from the cache, so no positional data arguments are accepted;
+        ``**kwargs`` (``callbacks``, ``epochs``, ``initial_epoch``, ``steps_per_epoch``, ...)
+        go to ``model.fit``.
+
+        Returns:
+            The ``keras.callbacks.History`` of ``model.fit``.
+
+        Raises:
+            TypeError: if positional data arguments are given.
+        """
+        if args:
+            raise TypeError("PersonalityHyperModel.fit reads its data from the cache; "
+                            f"got {len(args)} unexpected positional argument(s)")
+        train, val = self.datasets(int(hp.get("batch_size")))
+        kwargs.setdefault("verbose", self.verbose)
+        kwargs.setdefault("shuffle", False)  # the training dataset reshuffles itself every epoch
+        return model.fit(train, validation_data=val, **kwargs)

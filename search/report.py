@@ -1,0 +1,170 @@
+"""``report.md`` and ``plots/*.png`` of a run folder, from the files the run wrote.
+
+The report reads only files (``config.json``, ``metrics.json``, ``retrain_history.csv``,
+``predictions.csv``, ``trials.csv``), so it can be regenerated at any time with
+:func:`write_report`. Plots use Matplotlib's object-oriented API (``matplotlib.figure.
+Figure``), which renders with the Agg canvas without touching the global pyplot backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from fi_data.traits import SPLITS, TRAITS
+from fi_models.metrics import ONE_MINUS_MAE
+from search.runs import RunPaths
+
+PLOTS = {"curves": "retrain_curves.png", "baseline": "test_vs_baseline.png",
+         "scatter": "test_predicted_vs_true.png", "trials": "trial_scores.png"}
+"""Plot key -> file name under ``plots/``."""
+
+
+def _save(fig: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_curves(history: pd.DataFrame, path: Path, best_epoch: int | None = None) -> None:
+    """Training and validation loss and 1-MAE of the retrained model per epoch (1-based),
+    with the restored best epoch marked when given."""
+    fig = Figure(figsize=(10, 4))
+    for ax, key, title in zip(fig.subplots(1, 2), ("loss", ONE_MINUS_MAE), ("loss", "1-MAE")):
+        ax.plot(history["epoch"], history[key], marker="o", label="train")
+        if "val_" + key in history:
+            ax.plot(history["epoch"], history["val_" + key], marker="o", label="validation")
+        if best_epoch:
+            ax.axvline(best_epoch, color="gray", ls=":", label="best epoch (weights kept)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="epoch", ylabel=title, title=f"retraining: {title}")
+        ax.legend()
+    _save(fig, path)
+
+
+def plot_test_vs_baseline(scores: dict, path: Path) -> None:
+    """Per-trait and mean test 1-MAE of the model beside the training-mean baseline."""
+    names = [*TRAITS, "mean"]
+    model = [scores[n]["one_minus_mae"] for n in names]
+    baseline = [scores[n]["baseline_one_minus_mae"] for n in names]
+    x = np.arange(len(names))
+    fig = Figure(figsize=(9, 4))
+    ax = fig.subplots()
+    ax.bar(x - 0.2, model, 0.4, label="model")
+    ax.bar(x + 0.2, baseline, 0.4, label="training-mean baseline")
+    low = min(model + baseline)
+    ax.set(xticks=x, xticklabels=names, ylabel="test 1-MAE", ylim=(max(0.0, low - 0.05), 1.0),
+           title="test 1-MAE per trait")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_predicted_vs_true(predictions: pd.DataFrame, baseline_mean: dict, path: Path) -> None:
+    """One scatter per trait of test predictions against labels, with y = x and the baseline."""
+    test = predictions[predictions["split"] == "test"]
+    fig = Figure(figsize=(4 * len(TRAITS), 4))
+    for ax, trait in zip(fig.subplots(1, len(TRAITS)), TRAITS):
+        ax.scatter(test[f"true_{trait}"], test[f"pred_{trait}"], s=8, alpha=0.5)
+        ax.plot([0, 1], [0, 1], color="gray", lw=1, label="y = x")
+        ax.axhline(baseline_mean[trait], color="tab:red", lw=1, ls="--", label="training mean")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="true", ylabel="predicted", title=trait)
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def plot_trial_scores(trials: pd.DataFrame, path: Path) -> None:
+    """Each trial's validation score in trial order, failed trials marked, and the running best."""
+    fig = Figure(figsize=(9, 4))
+    ax = fig.subplots()
+    order = np.arange(len(trials))
+    score = pd.to_numeric(trials["score"], errors="coerce").to_numpy(dtype=float)
+    done = np.isfinite(score)
+    ax.plot(order[done], score[done], "o", label="trial")
+    if done.any():
+        ax.step(order, pd.Series(score).cummax().to_numpy(), where="post", color="tab:green", label="best so far")
+        failed = ~done
+        if failed.any():
+            ax.plot(order[failed], np.full(failed.sum(), np.nanmin(score)), "x", color="tab:red",
+                    label="failed / not scored")
+    if len(trials) <= 30:
+        ax.set_xticks(order, trials["trial_id"].astype(str), rotation=90 if len(trials) > 12 else 0)
+    ax.set(xlabel="trial id (in order)", ylabel="validation 1-MAE", title="search: trial scores")
+    ax.legend()
+    _save(fig, path)
+
+
+def _markdown_table(rows: list, header: list) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return "n/a" if not np.isfinite(v) else f"{v:.4f}"
+        return "n/a" if v is None else str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Write ``report.md`` and the plots of a retrained run folder.
+
+    Returns:
+        The path of ``report.md``.
+
+    Raises:
+        FileNotFoundError: if ``metrics.json`` (retraining) is missing, naming it.
+    """
+    paths = RunPaths(Path(run_dir))
+    if not paths.metrics.is_file():
+        raise FileNotFoundError(f"{paths.metrics}: missing; retrain and score the run before reporting")
+    metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))
+    scores = metrics["scores"]
+    plots = {key: paths.plots / name for key, name in PLOTS.items()}
+    plot_curves(pd.read_csv(paths.history), plots["curves"], metrics.get("best_epoch"))
+    plot_test_vs_baseline(scores["test"], plots["baseline"])
+    plot_predicted_vs_true(pd.read_csv(paths.predictions), metrics["baseline_mean"], plots["scatter"])
+    trials = pd.read_csv(paths.trials_csv, dtype={"trial_id": str}) if paths.trials_csv.is_file() else None
+    if trials is not None and len(trials):
+        plot_trial_scores(trials, plots["trials"])
+
+    test = scores["test"]["mean"]
+    out = [f"# Personality search report: `{paths.root.name}`", "",
+           f"Test 1-MAE **{test['one_minus_mae']:.4f}** (mean of the five traits) against "
+           f"**{test['baseline_one_minus_mae']:.4f}** for the baseline ({metrics['baseline']}); "
+           f"test R² {test['r2']:.4f}, prediction spread {test['spread']:.2f} "
+           "(SD of predictions / SD of labels; 1 = the labels' spread, 0 = a constant).", ""]
+    columns = ("one_minus_mae", "baseline_one_minus_mae", "r2", "spread")
+    out += ["## Scores", "",
+            _markdown_table([[s, scores[s]["n"], *(scores[s]["mean"][c] for c in columns)] for s in SPLITS],
+                            ["split", "clips", "1-MAE", "baseline 1-MAE", "R²", "spread"]), "",
+            *(["The model was trained on the validation split too, so its validation scores are not "
+               "held out.", ""] if "validation" in metrics["trained_on"] else []),
+            "Test, per trait:", "",
+            _markdown_table([[t, *(scores["test"][t][c] for c in columns)] for t in [*TRAITS, "mean"]],
+                            ["trait", "1-MAE", "baseline 1-MAE", "R²", "spread"]), "",
+            f"![test 1-MAE against the baseline](plots/{PLOTS['baseline']})", "",
+            f"![test predictions against labels](plots/{PLOTS['scatter']})", ""]
+    hp_rows = [[k, v] for k, v in metrics["hyperparameters"].items()]
+    source = metrics.get("source", {})
+    out += ["## Retrained model", "",
+            f"Trained on {' + '.join(metrics['trained_on'])} for {metrics['epochs_trained']} of "
+            f"{metrics['epochs']} epochs" + (f", best validation epoch {metrics['best_epoch']} (weights restored)"
+                                             if metrics.get("best_epoch") else "") + ". "
+            f"Model: `{metrics['model']}`; its input preprocessing: `{metrics['preprocessing']}`.", "",
+            _markdown_table(hp_rows, ["hyperparameter", "value"]), "",
+            f"![retraining curves](plots/{PLOTS['curves']})", ""]
+    if trials is not None and len(trials):
+        counts = trials["status"].value_counts().to_dict()
+        out += ["## Search", "",
+                f"{len(trials)} trials ({', '.join(f'{n} {s.lower()}' for s, n in counts.items())}); "
+                f"best validation 1-MAE {source.get('search_score') or float('nan'):.4f} "
+                f"(trial {source.get('trial_id')}). Every trial: `trials.csv`.", "",
+                f"![trial scores](plots/{PLOTS['trials']})", ""]
+    out += ["## TensorBoard", "", "Per-trial scalars and the HParams tab, and the retraining run:", "",
+            "```", f"tensorboard --logdir {paths.tensorboard}", "```", ""]
+    paths.report.write_text("\n".join(out), encoding="utf-8")
+    return paths.report

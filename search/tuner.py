@@ -1,0 +1,399 @@
+"""The search: Keras Tuner set-up, smoke check, failed trials, time budget, resume.
+
+Keras Tuner does most of the work; this module adds what it lacks, each at one of its hooks:
+
+- Hyperband (default), RandomSearch or BayesianOptimization on
+  ``Objective("val_one_minus_mae", "max")``, seeded (oracle seed; ``keras.utils.
+  set_random_seed`` before each trial from the run seed and the trial id, so a resumed or
+  re-run trial trains the same way).
+- Before searching, :func:`smoke_check` fits the default model on one batch and checks
+  that the objective is in the logs.
+- Failed trials: Keras Tuner already records a trial that raises as ``FAILED`` with its
+  traceback and goes on; ``TerminateOnNaN(raise_error=True)`` turns a NaN loss into such a
+  failure. Its own ``max_consecutive_failed_trials`` raises *before* saving the last trial
+  (it would be lost), so it is turned off and :class:`SearchFailedError` is raised from
+  ``on_trial_end`` after the trial is saved.
+- A time budget (:class:`TimeBudgetSpent` from ``pre_create_trial``): no new trial starts
+  once spent; the search's best so far is still returned.
+- Resume: Keras Tuner reloads ``oracle.json`` and the trials and re-runs the trial that was
+  running when the process died (``Oracle.reload`` queues it for retry). The oracle's files
+  are written atomically here, so a kill during a save cannot corrupt them; a trial whose
+  file was saved but that the oracle never recorded is marked FAILED with a reason.
+- Per trial: wall time, peak memory (``search.memory``), epochs trained go to
+  ``fi_trial.json``; ``trials.csv`` is rewritten and one line printed after every trial.
+- Memory grows with every model trained in one process, so by default the trials run in
+  fresh processes of ``trials_per_process`` trials (``search.chunked``), each resuming the
+  project like a rerun after a crash.
+- The space is declared once without building models (``declare_hyperparameters``),
+  instead of Keras Tuner's one model build per conditional scope.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+import zlib
+
+import keras
+import keras_tuner as kt
+import pandas as pd
+from keras_tuner.engine.trial import TrialStatus
+
+from fi_data.cache_format import FeatureCache, write_json_atomic
+from fi_models.metrics import ONE_MINUS_MAE
+from search import memory
+from search.config import SearchConfig
+from search.hypermodel import PersonalityHyperModel
+from search.runs import PROJECT_NAME, BestHyperparameters, RunPaths, prepare_run_dir
+from search.tensorboard_logs import write_experiment
+from search.trials import best_epoch, failure_summary, trial_info_path, trials_table, write_trials_csv
+
+OBJECTIVE = kt.Objective("val_" + ONE_MINUS_MAE, direction="max")
+"""The search objective: validation 1-MAE (``fi_models.metrics.ONE_MINUS_MAE``), maximised."""
+
+
+STOP_REASONS = ("search_finished", "time_budget", "trial_limit")
+"""Why a search returned: the oracle had no more trials, the time budget was spent, or this
+process started its maximum number of trials (more remain; see ``search.chunked``)."""
+
+
+class TimeBudgetSpent(Exception):
+    """Raised by the tuner before a new trial once the time budget is spent."""
+
+
+class TrialLimitReached(Exception):
+    """Raised by the tuner before a new trial once this process started its share of trials."""
+
+
+class SearchFailedError(RuntimeError):
+    """Too many consecutive failed trials, or no trial completed."""
+
+
+class _AtomicOracleFiles:
+    """Oracle mixin: write ``oracle.json`` and each ``trial.json`` atomically (temp + rename).
+
+    Keras Tuner writes them in place (``keras_tuner.src.utils.save_json``); a kill -9 in the
+    middle would leave a truncated file that makes the project unreloadable.
+    """
+
+    def save(self):
+        write_json_atomic(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        write_json_atomic(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
+
+
+class _HyperbandOracle(_AtomicOracleFiles, kt.oracles.HyperbandOracle):
+    pass
+
+
+class _RandomSearchOracle(_AtomicOracleFiles, kt.oracles.RandomSearchOracle):
+    pass
+
+
+class _BayesianOracle(_AtomicOracleFiles, kt.oracles.BayesianOptimizationOracle):
+    pass
+
+
+class _SearchTunerMixin:
+    """Tuner mixin: seeding, bookkeeping and stopping rules (see the module docstring)."""
+
+    def __init__(self, oracle, hypermodel, *, fi_config: SearchConfig, fi_paths: RunPaths,
+                 max_new_trials: int | None = None, **kwargs):
+        self.fi_config = fi_config
+        self.fi_paths = fi_paths
+        self.max_new_trials = max_new_trials
+        self._trials_started = 0
+        self._search_start = None
+        self._trial_start = {}
+        self._epochs_trained = {}
+        # kt.Hyperband.__init__ only builds a HyperbandOracle; ours is built by make_tuner,
+        # so the plain Tuner constructor is called for every tuner kind.
+        kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, directory=str(fi_paths.root),
+                          project_name=PROJECT_NAME, overwrite=False, **kwargs)
+        self.oracle.verbose = 0  # Keras Tuner's multi-line display; on_trial_end prints one line.
+        self._settle_orphans()
+
+    def _populate_initial_space(self):
+        # Keras Tuner builds one model per conditional scope to discover the space (a
+        # documented override point). The HyperModel's declare_hyperparameters registers
+        # every hyperparameter, conditional ones included, without building a model.
+        hp = self.oracle.get_space()
+        self.hypermodel.declare_hyperparameters(hp)
+        self.oracle.update_space(hp)
+
+    def _settle_orphans(self):
+        """Mark trials saved as RUNNING that the reloaded oracle neither runs nor retries."""
+        if self._is_worker():  # distributed tuning: the chief's oracle owns the trials
+            return
+        pending = set(self.oracle._retry_queue) | {t.trial_id for t in self.oracle.ongoing_trials.values()}
+        for trial in self.oracle.trials.values():
+            if trial.status == TrialStatus.RUNNING and trial.trial_id not in pending:
+                trial.status = TrialStatus.FAILED
+                trial.message = ("InterruptedError: the process stopped while this trial was being created; "
+                                 "it never trained")
+                self.oracle._save_trial(trial)
+
+    def time_left(self) -> float | None:
+        """Seconds left in the time budget of this invocation's search (None: no budget)."""
+        if self.fi_config.time_budget_s is None:
+            return None
+        elapsed = 0.0 if self._search_start is None else time.monotonic() - self._search_start
+        return self.fi_config.time_budget_s - elapsed
+
+    def on_search_begin(self):
+        super().on_search_begin()
+        self._search_start = time.monotonic()
+
+    def pre_create_trial(self):
+        super().pre_create_trial()
+        left = self.time_left()
+        if left is not None and left <= 0:
+            raise TimeBudgetSpent(f"time budget of {self.fi_config.time_budget_s:g} s spent")
+        if self.max_new_trials is not None and self._trials_started >= self.max_new_trials:
+            raise TrialLimitReached(f"{self._trials_started} trials started in this process")
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        # Logs of this trial id can only come from an attempt that was killed: start clean.
+        shutil.rmtree(self.fi_paths.trials_tensorboard / str(trial.trial_id), ignore_errors=True)
+        keras.utils.set_random_seed(zlib.crc32(f"{self.fi_config.seed}/{trial.trial_id}".encode()) % 2**31)
+        memory.reset_peak()
+        self._trial_start[trial.trial_id] = time.monotonic()
+        self._trials_started += 1
+
+    def run_trial(self, trial, *args, **kwargs):
+        histories = super().run_trial(trial, *args, **kwargs)
+        initial = int(trial.hyperparameters.values.get("tuner/initial_epoch", 0))
+        self._epochs_trained[trial.trial_id] = initial + max(len(h.epoch) for h in histories)
+        return histories
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)  # oracle.end_trial (status, score) and save
+        trial = self.oracle.get_trial(trial.trial_id)  # the oracle's copy holds the score
+        info = {"wall_time_s": round(time.monotonic() - self._trial_start.pop(trial.trial_id), 3),
+                "peak_rss_mb": round(memory.peak_rss_mb(), 1),
+                "peak_gpu_mb": memory.peak_gpu_mb(),
+                "epochs_trained": self._epochs_trained.pop(trial.trial_id, None)}
+        write_json_atomic(trial_info_path(self.fi_paths.project_dir, trial.trial_id), info)
+        print(self._trial_line(trial, info), flush=True)
+        if not self._is_worker():  # a distributed worker's oracle is a client without the trials
+            write_trials_csv(trials_table(self.oracle.trials.values(), self.fi_paths.project_dir),
+                             self.fi_paths.trials_csv)
+            self._check_consecutive_failures()
+
+    def _trial_line(self, trial, info) -> str:
+        best = self.best_trial()
+        score = f"{OBJECTIVE.name} {trial.score:.4f}" if trial.score is not None else failure_summary(trial.message)
+        parts = [f"[search] trial {trial.trial_id} {trial.status}: {score}",
+                 f"best {best.score:.4f} (trial {best.trial_id})" if best else "best: none yet",
+                 f"{info['epochs_trained'] or 0} epochs, {info['wall_time_s']:.1f} s, "
+                 f"peak {info['peak_rss_mb']:.0f} MiB"]
+        left = self.time_left()
+        if left is not None:
+            parts.append(f"budget: {max(left, 0.0) / 60:.1f} min left")
+        return " | ".join(parts)
+
+    def best_trial(self):
+        """The completed trial with the best score, or None."""
+        best = self.oracle.get_best_trials(1)
+        return best[0] if best and best[0].status == TrialStatus.COMPLETED else None
+
+    def _check_consecutive_failures(self):
+        limit = self.fi_config.max_consecutive_failures
+        ended = [self.oracle.trials[i] for i in self.oracle.end_order]
+        streak = 0
+        for t in reversed(ended):
+            if t.status != TrialStatus.FAILED:
+                break
+            streak += 1
+        if streak >= limit:
+            raise SearchFailedError(
+                f"{streak} trials failed in a row (limit {limit}); the last one failed with: "
+                f"{failure_summary(ended[-1].message)}. Every trial is listed in {self.fi_paths.trials_csv}; "
+                f"full tracebacks are in {self.fi_paths.project_dir}/trial_<id>/trial.json.")
+
+    def save(self):
+        # BaseTuner.save writes the tuner's JSON in place; write it atomically like the oracle's.
+        if not self._is_worker():
+            self.oracle.save()
+        write_json_atomic(self._get_tuner_fname(), self.get_state())
+
+
+class _HyperbandTuner(_SearchTunerMixin, kt.Hyperband):
+    pass
+
+
+class _PlainTuner(_SearchTunerMixin, kt.Tuner):
+    pass
+
+
+def make_hypermodel(cache: FeatureCache, config: SearchConfig) -> PersonalityHyperModel:
+    """The :class:`PersonalityHyperModel` for ``cache`` with ``config``'s space settings."""
+    return PersonalityHyperModel(cache, batch_sizes=config.batch_sizes, crop_size=config.crop_size,
+                                 allow_resnet=config.allow_resnet, fixed=config.fixed_hyperparameters,
+                                 augment=config.augment, audio_masking=config.audio_masking,
+                                 seed=config.seed, verbose=config.verbose)
+
+
+def make_tuner(hypermodel: kt.HyperModel, paths: RunPaths, config: SearchConfig, *,
+               max_new_trials: int | None = None) -> kt.Tuner:
+    """Create (or reload, when ``paths`` holds its project) the configured Keras Tuner tuner.
+
+    Args:
+        hypermodel, paths, config: the space, the run folder, the settings.
+        max_new_trials: ``search`` starts at most this many trials (None: no limit).
+
+    Returns:
+        A ``keras_tuner.Tuner`` (Hyperband, RandomSearch or BayesianOptimization oracle)
+        whose project is ``paths.project_dir``.
+    """
+    common = dict(objective=OBJECTIVE, seed=config.seed, max_consecutive_failed_trials=None)
+    if config.tuner == "hyperband":
+        oracle = _HyperbandOracle(max_epochs=config.max_epochs, factor=config.factor,
+                                  hyperband_iterations=config.hyperband_iterations, **common)
+        cls = _HyperbandTuner
+    elif config.tuner == "random":
+        oracle, cls = _RandomSearchOracle(max_trials=config.max_trials, **common), _PlainTuner
+    else:
+        oracle, cls = _BayesianOracle(max_trials=config.max_trials, **common), _PlainTuner
+    return cls(oracle, hypermodel, fi_config=config, fi_paths=paths, max_new_trials=max_new_trials,
+               executions_per_trial=config.executions_per_trial)
+
+
+def smoke_check(hypermodel: PersonalityHyperModel, objective: str = OBJECTIVE.name) -> None:
+    """Fit the default model on one training batch, validate on one batch, find ``objective``.
+
+    Catches a wrong objective name (or a model that does not train at all) in seconds
+    instead of after a failed search.
+
+    Raises:
+        ValueError: if ``objective`` is not among the keys the fit logs (the message lists
+            the keys that are there).
+        RuntimeError: if building or fitting the default model raises (chained).
+    """
+    hp = kt.HyperParameters()
+    try:
+        model = hypermodel.build(hp)
+        model.run_eagerly = True  # one eager step: no graph to trace, so the check costs little
+        history = hypermodel.fit(hp, model, epochs=1, steps_per_epoch=1, validation_steps=1, verbose=0)
+    except Exception as e:
+        raise RuntimeError(f"smoke check: the default model failed to train on one batch: {e}") from e
+    finally:
+        keras.backend.clear_session()
+    if objective not in history.history:
+        raise ValueError(f"smoke check: the objective {objective!r} is not in the training logs; "
+                         f"the logs hold {sorted(history.history)}")
+
+
+def search_callbacks(paths: RunPaths, config: SearchConfig) -> list:
+    """Callbacks for every trial (Keras Tuner deep-copies them per execution)."""
+    callbacks = [keras.callbacks.TensorBoard(log_dir=str(paths.trials_tensorboard), write_graph=False),
+                 keras.callbacks.TerminateOnNaN(raise_error=True)]
+    if config.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=OBJECTIVE.name, mode="max",
+                                                       patience=config.early_stopping_patience))
+    return callbacks
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """What :func:`run_search` returns.
+
+    Attributes:
+        paths: the run folder's :class:`RunPaths`.
+        best: the best completed trial's :class:`BestHyperparameters`.
+        trials: the ``trials.csv`` table.
+        stopped_by: ``"search_finished"`` or ``"time_budget"`` (see :data:`STOP_REASONS`).
+        elapsed_s: wall time of this invocation's search, in seconds.
+    """
+
+    paths: RunPaths
+    best: BestHyperparameters
+    trials: pd.DataFrame
+    stopped_by: str
+    elapsed_s: float
+
+
+def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config: SearchConfig, *,
+                      max_new_trials: int | None = None) -> tuple:
+    """Run (or resume) the search in this process: smoke check, tuner, ``tuner.search``.
+
+    ``trials.csv`` is written even when the search stops with an error.
+
+    Args:
+        hypermodel, paths, config: as prepared by :func:`run_search`.
+        max_new_trials: start at most this many trials here (None: no limit).
+
+    Returns:
+        ``(tuner, stopped_by)``, ``stopped_by`` one of :data:`STOP_REASONS`.
+
+    Raises:
+        ValueError / RuntimeError: from :func:`smoke_check`.
+        SearchFailedError: too many consecutive failed trials.
+    """
+    keras.utils.set_random_seed(config.seed)
+    smoke_check(hypermodel)
+    tuner = make_tuner(hypermodel, paths, config, max_new_trials=max_new_trials)
+    write_experiment(paths.trials_tensorboard, tuner.oracle.get_space())
+    print(f"[search] {config.tuner} search in {paths.root}; watch it with: "
+          f"tensorboard --logdir {paths.tensorboard}", flush=True)
+    stopped_by = "search_finished"
+    try:
+        tuner.search(epochs=config.max_epochs, callbacks=search_callbacks(paths, config))
+    except TimeBudgetSpent as e:
+        stopped_by = "time_budget"
+        print(f"[search] {e}: no new trials", flush=True)
+    except TrialLimitReached:
+        stopped_by = "trial_limit"
+    finally:
+        write_trials_csv(trials_table(tuner.oracle.trials.values(), paths.project_dir), paths.trials_csv)
+    return tuner, stopped_by
+
+
+def run_search(cache: FeatureCache, run_dir, config: SearchConfig, *,
+               hypermodel: PersonalityHyperModel | None = None) -> SearchResult:
+    """Run (or resume) the hyperparameter search of ``config`` on ``cache`` into ``run_dir``.
+
+    Writes ``config.json``, the Keras Tuner project, ``tensorboard/trials``, ``trials.csv``
+    and ``best_hyperparameters.json``. Reads only the cache's train and validation splits.
+    With ``config.trials_per_process`` (and no ``hypermodel`` given) the trials run in fresh
+    child processes of at most that many trials each (``search.chunked``), because memory
+    grows with every model trained in one process; otherwise they run in this process.
+
+    Args:
+        cache: the opened feature cache.
+        run_dir: the run folder (created if missing; resumed if it holds this search).
+        config: all settings.
+        hypermodel: overrides :func:`make_hypermodel` (tests, custom spaces); runs in-process.
+
+    Returns:
+        A :class:`SearchResult`.
+
+    Raises:
+        ValueError: invalid or conflicting settings (see ``prepare_run_dir``), or the smoke
+            check's missing objective.
+        SearchFailedError: too many consecutive failed trials, or no trial completed.
+        RuntimeError: a child process died (e.g. killed for memory); rerun to resume.
+    """
+    start = time.monotonic()
+    paths = prepare_run_dir(run_dir, config, cache)
+    if hypermodel is None and config.trials_per_process:
+        from search.chunked import search_in_processes
+        smoke_check(make_hypermodel(cache, config))  # a clear error here rather than in a child
+        stopped_by = search_in_processes(cache, paths, config)
+        tuner = make_tuner(make_hypermodel(cache, config), paths, config)  # reloads the project's results
+    else:
+        tuner, stopped_by = search_in_process(hypermodel or make_hypermodel(cache, config), paths, config)
+    table = trials_table(tuner.oracle.trials.values(), paths.project_dir)
+    write_trials_csv(table, paths.trials_csv)
+    best_trial = tuner.best_trial()
+    if best_trial is None:
+        raise SearchFailedError(f"no trial completed; see {paths.trials_csv}")
+    values = {k: v for k, v in best_trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+    best = BestHyperparameters(values=values, score=float(best_trial.score), trial_id=str(best_trial.trial_id),
+                               best_epoch=best_epoch(best_trial), objective=OBJECTIVE.name)
+    best.save(paths.best_hyperparameters)
+    return SearchResult(paths, best, table, stopped_by, time.monotonic() - start)
