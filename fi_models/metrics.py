@@ -1,0 +1,129 @@
+"""The 1-MAE metric (logged during training) and the post-training scoring table.
+
+1-MAE is the ChaLearn First Impressions challenge metric: one minus the mean absolute error
+over the five traits and all clips. Because the labels cluster around their mean, predicting
+the training mean already scores about 0.88, so every score table puts R² (scikit-learn's
+``r2_score``), the mean baseline and the prediction spread beside it.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn.metrics import r2_score
+
+from fi_data.traits import TRAITS
+
+ONE_MINUS_MAE = "one_minus_mae"
+"""Logged name of :class:`OneMinusMAE`; the tuner objective is ``"val_" + ONE_MINUS_MAE``."""
+
+SCORE_COLUMNS = ("one_minus_mae", "r2", "spread", "baseline_one_minus_mae", "baseline_r2")
+"""Columns of :func:`score_predictions`' table, in order."""
+
+MEAN_ROW = "mean"
+"""Index label of the row that averages the five traits."""
+
+
+@keras.saving.register_keras_serializable(package="fi_models")
+class OneMinusMAE(keras.metrics.MeanAbsoluteError):
+    """Streaming ``1 - MAE``, the MAE taken over the five traits and every clip seen.
+
+    Logged as ``ONE_MINUS_MAE`` (``val_one_minus_mae`` on validation data); higher is better
+    (``EarlyStopping(mode="auto")`` and similar callbacks read that from ``_direction``).
+    Before any update the result is 1.0 (Keras' MAE of nothing is 0).
+    """
+
+    def __init__(self, name: str = ONE_MINUS_MAE, dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self._direction = "up"
+
+    def result(self):
+        return 1.0 - super().result()
+
+
+def _as_matrix(values, label: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != len(TRAITS):
+        raise ValueError(f"{label} has shape {arr.shape}; expected (n, {len(TRAITS)}) in TRAITS order {TRAITS}")
+    bad = int((~np.isfinite(arr)).any(axis=1).sum())
+    if bad:
+        raise ValueError(f"{label} holds NaN or Inf in {bad} of {arr.shape[0]} rows")
+    return arr
+
+
+def _as_pair(y_true, y_pred) -> tuple:
+    y_true = _as_matrix(y_true, "y_true")
+    y_pred = _as_matrix(y_pred, "y_pred")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
+    return y_true, y_pred
+
+
+def prediction_spread(y_true, y_pred) -> np.ndarray:
+    """Per-trait ratio SD(predictions) / SD(labels): 1 = the labels' spread, 0 = constant.
+
+    A ratio well below 1 exposes regression to the mean. Both SDs are population SDs.
+
+    Args:
+        y_true, y_pred: arrays ``(n, 5)`` in ``TRAITS`` order.
+
+    Returns:
+        float64 array ``(5,)``; exactly 0 for a constant prediction; NaN for a trait whose
+        labels are all equal (ratio undefined).
+
+    Raises:
+        ValueError: wrong shapes, or NaN/Inf values.
+    """
+    y_true, y_pred = _as_pair(y_true, y_pred)
+    constant_true = np.ptp(y_true, axis=0) == 0
+    sd_true = np.where(constant_true, 1.0, y_true.std(axis=0))
+    # An exactly constant column gives exactly 0 (np.std of equal floats can be ~1e-17).
+    sd_pred = np.where(np.ptp(y_pred, axis=0) == 0, 0.0, y_pred.std(axis=0))
+    return np.where(constant_true, np.nan, sd_pred / sd_true)
+
+
+def _r2(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Per-column ``sklearn.metrics.r2_score``; a column of equal labels gets 1.0 if predicted
+    exactly, else 0.0 (scikit-learn's ``force_finite`` rule, applied by an exact test because
+    floating-point rounding can leave a tiny non-zero SS_tot and a huge negative R²)."""
+    r2 = r2_score(y_true, y_pred, multioutput="raw_values")
+    constant = np.ptp(y_true, axis=0) == 0
+    exact = (y_true == y_pred).all(axis=0)
+    return np.where(constant, np.where(exact, 1.0, 0.0), r2)
+
+
+def score_predictions(y_true, y_pred, baseline_mean) -> pd.DataFrame:
+    """Score predictions per trait beside the mean baseline.
+
+    Args:
+        y_true: labels ``(n, 5)`` in ``TRAITS`` order, n >= 2.
+        y_pred: predictions ``(n, 5)``, same order and units.
+        baseline_mean: ``(5,)`` the TRAINING split's label mean; the baseline predicts it for
+            every clip.
+
+    Returns:
+        A DataFrame with index ``TRAITS + ("mean",)`` and columns ``SCORE_COLUMNS``:
+        ``one_minus_mae`` (1 - MAE), ``r2`` (``sklearn.metrics.r2_score``), ``spread``
+        (:func:`prediction_spread`), ``baseline_one_minus_mae``, ``baseline_r2``. The
+        ``mean`` row averages the five trait rows (NaN spreads skipped); its 1-MAE is the
+        challenge score. For a trait whose labels are constant, R² follows scikit-learn's
+        ``force_finite`` rule: 1.0 for a perfect prediction, else 0.0; its spread is NaN.
+
+    Raises:
+        ValueError: wrong shapes, fewer than 2 clips (R² needs 2), NaN or Inf in any input.
+    """
+    y_true, y_pred = _as_pair(y_true, y_pred)
+    if y_true.shape[0] < 2:
+        raise ValueError(f"need at least 2 clips to score (R² is undefined for one), got {y_true.shape[0]}")
+    baseline = _as_matrix(np.reshape(baseline_mean, (1, -1)), "baseline_mean")
+    baseline_pred = np.broadcast_to(baseline, y_true.shape)
+    table = pd.DataFrame({
+        "one_minus_mae": 1.0 - np.abs(y_true - y_pred).mean(axis=0),
+        "r2": _r2(y_true, y_pred),
+        "spread": prediction_spread(y_true, y_pred),
+        "baseline_one_minus_mae": 1.0 - np.abs(y_true - baseline_pred).mean(axis=0),
+        "baseline_r2": _r2(y_true, baseline_pred),
+    }, index=pd.Index(TRAITS, name="trait"), columns=list(SCORE_COLUMNS))
+    table.loc[MEAN_ROW] = table.mean(axis=0, skipna=True)
+    return table
