@@ -29,6 +29,7 @@ The search space (:data:`HYPERPARAMETERS`; defaults make the assignment's model)
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras_tuner as kt
 import numpy as np
@@ -40,6 +41,12 @@ from fi_models.audio import compatible_audio_branches
 from fi_models.fusion import HEADS, build_model, compile_model, target_statistics
 from fi_models.losses import LOSSES
 from fi_models.visual import BACKBONES, TEMPORAL_CHOICES
+
+# Hyperband continues a trial from its predecessor's checkpoint: Keras restores the weights
+# into a freshly compiled model whose optimizer has no slots yet, and warns once per trial
+# that the optimizer's saved variables are not loaded. That is Keras Tuner's normal
+# behaviour (the continued trial starts a new Adam state), so the warning is silenced.
+warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer", category=UserWarning)
 
 HYPERPARAMETERS = ("audio_branch", "backbone", "vgg_depth", "vgg_width", "temporal", "temporal_units",
                    "fusion_units", "dropout", "head", "standardize_targets", "loss", "learning_rate",
@@ -61,6 +68,8 @@ class PersonalityHyperModel(kt.HyperModel):
             ``(F, crop_size, crop_size, 3)``).
         allow_resnet: offer ResNet50 (random init) as the visual backbone.
         fixed: hyperparameter name -> value, declared with ``hp.Fixed`` instead of a range.
+        choices: hyperparameter name -> list of values, declared with ``hp.Choice`` (first
+            value the default) instead of the range below, e.g. ``{"vgg_width": [8, 16]}``.
         augment, audio_masking: training-split augmentation, see ``fi_data.pipeline``.
         seed: seed of the input pipeline's shuffling and augmentation.
         verbose: ``model.fit`` verbosity.
@@ -71,7 +80,8 @@ class PersonalityHyperModel(kt.HyperModel):
     """
 
     def __init__(self, cache: FeatureCache, *, batch_sizes=(32, 16, 64), crop_size: int = 128,
-                 allow_resnet: bool = False, fixed: dict | None = None, augment: bool = True,
+                 allow_resnet: bool = False, fixed: dict | None = None, choices: dict | None = None,
+                 augment: bool = True,
                  audio_masking: bool = False, seed: int = 0, verbose: int = 0):
         super().__init__(name="personality_hypermodel")
         self.cache = cache
@@ -82,6 +92,15 @@ class PersonalityHyperModel(kt.HyperModel):
         unknown = sorted(set(self.fixed) - set(HYPERPARAMETERS))
         if unknown:
             raise ValueError(f"fixed hyperparameters {unknown} are unknown; known: {list(HYPERPARAMETERS)}")
+        self.choices = {k: list(v) for k, v in dict(choices or {}).items()}
+        unknown = sorted(set(self.choices) - set(HYPERPARAMETERS))
+        if unknown:
+            raise ValueError(f"hyperparameter choices {unknown} are unknown; known: {list(HYPERPARAMETERS)}")
+        both = sorted(set(self.choices) & set(self.fixed))
+        empty = sorted(k for k, v in self.choices.items() if not v)
+        if both or empty:
+            raise ValueError(f"hyperparameters {both + empty} are both fixed and given choices, or have no "
+                             "choices; give each one either a fixed value or a non-empty list")
         self.augment = augment
         self.audio_masking = audio_masking
         self.seed = seed
@@ -103,9 +122,12 @@ class PersonalityHyperModel(kt.HyperModel):
         return self._target_stats
 
     def _declare(self, hp: kt.HyperParameters, name: str, declare):
-        """``hp.Fixed(name, value)`` when ``name`` is fixed, else ``declare()``."""
+        """``hp.Fixed(name, value)`` when ``name`` is fixed, ``hp.Choice`` over the given
+        values when it has ``choices``, else ``declare()`` (its default range)."""
         if name in self.fixed:
             return hp.Fixed(name, self.fixed[name])
+        if name in self.choices:
+            return hp.Choice(name, self.choices[name], default=self.choices[name][0])
         return declare()
 
     def declare(self, hp: kt.HyperParameters) -> dict:
