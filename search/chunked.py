@@ -7,15 +7,20 @@ runs as a sequence of child processes, each resuming the same Keras Tuner projec
 same mechanism as resuming after a crash) and starting at most ``trials_per_process``
 trials. The parent only waits; the children's output goes to the same terminal.
 
+A distributed worker (``search.distributed.run_worker``) runs its trials the same way: the
+children inherit its ``KERASTUNER_*`` environment and ask the chief for their trials.
+
 The child is ``python -m search.chunked CACHE_DIR RUN_DIR [--max-new-trials N]
-[--time-budget-s S]``; it reads the settings from ``RUN_DIR/config.json`` and exits with
-one of :data:`EXIT_CODES`.
+[--time-budget-s S] [--settings JSON]``; it reads the settings from ``RUN_DIR/config.json``,
+replaces those given in ``--settings`` (:data:`PROCESS_SETTINGS` of the parent) and exits
+with one of :data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import subprocess
 import sys
 import time
@@ -25,6 +30,10 @@ from fi_data.cache_format import FeatureCache
 
 EXIT_CODES = {"search_finished": 0, "trial_limit": 10, "time_budget": 11, "search_failed": 12}
 """Exit status of a child for each way it can stop (any other status: it crashed)."""
+
+PROCESS_SETTINGS = ("strategy", "verbose")
+"""Settings a child takes from its parent rather than from ``config.json`` (a distributed
+worker's may differ from the chief's: each machine has its own GPUs)."""
 
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +62,8 @@ def search_in_processes(cache: FeatureCache, paths, config) -> str:
           "(memory stays bounded)", flush=True)
     while True:
         command = [sys.executable, "-m", "search.chunked", str(Path(cache.path).resolve()),
-                   str(paths.root.resolve()), "--max-new-trials", str(config.trials_per_process)]
+                   str(paths.root.resolve()), "--max-new-trials", str(config.trials_per_process),
+                   "--settings", json.dumps({k: getattr(config, k) for k in PROCESS_SETTINGS})]
         if config.time_budget_s is not None:
             left = config.time_budget_s - (time.monotonic() - start)
             if left <= 0:
@@ -79,6 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", help="run folder holding config.json")
     parser.add_argument("--max-new-trials", type=int, default=None, help="trials to start at most")
     parser.add_argument("--time-budget-s", type=float, default=None, help="seconds before no new trial starts")
+    parser.add_argument("--settings", type=json.loads, default={},
+                        help=f"JSON object of settings replacing config.json's (keys: {', '.join(PROCESS_SETTINGS)})")
     args = parser.parse_args(argv)
 
     from fi_data.cache_format import open_cache
@@ -87,7 +99,10 @@ def main(argv=None) -> int:
     from search.tuner import SearchFailedError, make_hypermodel, search_in_process
 
     paths = RunPaths(Path(args.run_dir))
-    config = dataclasses.replace(SearchConfig.load(paths.config), time_budget_s=args.time_budget_s)
+    unknown = sorted(set(args.settings) - set(PROCESS_SETTINGS))
+    if unknown:
+        parser.error(f"--settings: {unknown} are not among {PROCESS_SETTINGS}")
+    config = dataclasses.replace(SearchConfig.load(paths.config), time_budget_s=args.time_budget_s, **args.settings)
     cache = open_cache(args.cache_dir)
     try:
         _, stopped_by = search_in_process(make_hypermodel(cache, config), paths, config,

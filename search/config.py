@@ -16,14 +16,19 @@ from pathlib import Path
 TUNERS = ("hyperband", "random", "bayesian")
 """Search algorithms: Keras Tuner's Hyperband (default), RandomSearch, BayesianOptimization."""
 
+STRATEGIES = ("default", "mirrored")
+"""How one trial trains: TensorFlow's default strategy (one device), or
+``tf.distribute.MirroredStrategy`` (synchronous data parallelism over every GPU of a machine)."""
+
 SEARCH_DEFINING = ("tuner", "max_epochs", "factor", "hyperband_iterations", "max_trials",
                    "executions_per_trial", "seed", "batch_sizes", "crop_size", "augment",
-                   "audio_masking", "allow_resnet", "fixed_hyperparameters",
+                   "audio_masking", "allow_resnet", "fixed_hyperparameters", "hyperparameter_choices",
                    "early_stopping_patience")
 """Settings that change what the tuner explores; resuming a run with other values is refused.
 
-The time budget, the retraining settings, ``trials_per_process``, ``overwrite`` and
-``verbose`` may change between an interrupted run and its resumption.
+The time budget, the retraining settings, ``trials_per_process``, ``strategy``,
+``worker_timeout_s``, ``overwrite`` and ``verbose`` may change between an interrupted run
+and its resumption (or differ between the machines of a distributed search).
 """
 
 
@@ -51,7 +56,10 @@ class SearchConfig:
         audio_masking: time/frequency masking of MFCC-matrix audio while training.
         allow_resnet: offer ResNet50 as a visual backbone (slow on a CPU; opt-in).
         fixed_hyperparameters: hyperparameter name -> value held fixed in the search
-            (``keras_tuner`` ``hp.Fixed``), e.g. ``{"backbone": "vgg", "depth": 2}``.
+            (``keras_tuner`` ``hp.Fixed``), e.g. ``{"backbone": "vgg", "vgg_depth": 2}``.
+        hyperparameter_choices: hyperparameter name -> list of values the search chooses
+            from instead of its default range (``hp.Choice``, the first value is the
+            default), e.g. ``{"vgg_width": [8, 16]}`` to keep models small on a CPU.
         early_stopping_patience: epochs without a better validation objective before a trial,
             or the retraining, stops early.
         retrain_epochs: epochs of the retraining (``None``: ``max_epochs``). With
@@ -65,7 +73,13 @@ class SearchConfig:
             trials each, resuming the same Keras Tuner project (``None``: all in this
             process). Memory grows with every model trained in one TensorFlow process
             (about 30 MiB per small trial, ``benchmarks/bench_trial_memory.py``), so long
-            searches need this to stay bounded.
+            searches need this to stay bounded. Distributed workers do the same.
+        strategy: one of :data:`STRATEGIES`, passed to Keras Tuner as the
+            ``distribution_strategy`` of every trial. With ``"mirrored"`` the tuned batch size
+            is the global batch, split evenly over the replicas (GPUs).
+        worker_timeout_s: distributed search (``search.distributed``): the chief gives a
+            worker's trial to another worker after this many seconds without hearing from
+            it. Workers send a heartbeat every quarter of it while they train.
         verbose: ``model.fit`` verbosity inside trials and the retraining (0, 1 or 2).
     """
 
@@ -84,20 +98,28 @@ class SearchConfig:
     audio_masking: bool = False
     allow_resnet: bool = False
     fixed_hyperparameters: dict = dataclasses.field(default_factory=dict)
+    hyperparameter_choices: dict = dataclasses.field(default_factory=dict)
     early_stopping_patience: int = 5
     retrain_epochs: int | None = None
     train_on_train_plus_val: bool = False
     overwrite: bool = False
     max_consecutive_failures: int = 3
     trials_per_process: int | None = 10
+    strategy: str = "default"
+    worker_timeout_s: float = 120.0
     verbose: int = 0
 
     def __post_init__(self):
         self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
         self.fixed_hyperparameters = dict(self.fixed_hyperparameters)
+        self.hyperparameter_choices = {k: list(v) for k, v in dict(self.hyperparameter_choices).items()}
         problems = []
         if self.tuner not in TUNERS:
             problems.append(f"tuner {self.tuner!r} is not one of {TUNERS}")
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy {self.strategy!r} is not one of {STRATEGIES}")
+        if not self.worker_timeout_s > 0:
+            problems.append(f"worker_timeout_s must be > 0 seconds, got {self.worker_timeout_s!r}")
         for name in ("max_epochs", "hyperband_iterations", "max_trials", "executions_per_trial",
                      "eval_batch_size", "crop_size", "max_consecutive_failures", "trials_per_process"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:

@@ -26,6 +26,10 @@ Keras Tuner does most of the work; this module adds what it lacks, each at one o
   project like a rerun after a crash.
 - The space is declared once without building models (``declare_hyperparameters``),
   instead of Keras Tuner's one model build per conditional scope.
+- Distributed tuning (``search.distributed``): with Keras Tuner's ``KERASTUNER_*``
+  environment set, :func:`run_search` serves the oracle as the chief, and workers run the
+  trials (``search.distributed.run_worker``). ``SearchConfig.strategy`` picks the
+  ``distribution_strategy`` each trial trains under.
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ OBJECTIVE = kt.Objective("val_" + ONE_MINUS_MAE, direction="max")
 STOP_REASONS = ("search_finished", "time_budget", "trial_limit")
 """Why a search returned: the oracle had no more trials, the time budget was spent, or this
 process started its maximum number of trials (more remain; see ``search.chunked``)."""
+
+
+IDLE_WAIT_S = 1.0
+"""Seconds a tuner waits before asking again when the oracle answered IDLE (a distributed
+Hyperband round waiting for other workers' results); Keras Tuner itself asks in a busy loop."""
 
 
 class TimeBudgetSpent(Exception):
@@ -109,12 +118,22 @@ class _SearchTunerMixin:
         self._search_start = None
         self._trial_start = {}
         self._epochs_trained = {}
+        self._awaiting_trial = False
+        self.running_trial_id = None  # the trial being trained now (read by a worker's heartbeat thread)
         # kt.Hyperband.__init__ only builds a HyperbandOracle; ours is built by make_tuner,
         # so the plain Tuner constructor is called for every tuner kind.
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, directory=str(fi_paths.root),
                           project_name=PROJECT_NAME, overwrite=False, **kwargs)
         self.oracle.verbose = 0  # Keras Tuner's multi-line display; on_trial_end prints one line.
         self._settle_orphans()
+
+    def _get_tuner_fname(self):
+        # Keras Tuner names the tuner's state file after KERASTUNER_TUNER_ID ("tuner0" alone,
+        # "chief" in a distributed search) and reloads the oracle only when that file exists.
+        # The chief and a single process share one name, so a search started in either mode
+        # resumes in the other; each worker keeps its own file.
+        name = self.tuner_id if self._is_worker() else "tuner0"
+        return os.path.join(str(self.project_dir), f"{name}.json")
 
     def _populate_initial_space(self):
         # Keras Tuner builds one model per conditional scope to discover the space (a
@@ -149,14 +168,19 @@ class _SearchTunerMixin:
 
     def pre_create_trial(self):
         super().pre_create_trial()
+        if self._awaiting_trial:  # the last request got no trial (IDLE): do not ask in a busy loop
+            time.sleep(IDLE_WAIT_S)
+        self._awaiting_trial = True
         left = self.time_left()
         if left is not None and left <= 0:
-            raise TimeBudgetSpent(f"time budget of {self.fi_config.time_budget_s:g} s spent")
+            raise TimeBudgetSpent("time budget spent")
         if self.max_new_trials is not None and self._trials_started >= self.max_new_trials:
             raise TrialLimitReached(f"{self._trials_started} trials started in this process")
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
+        self._awaiting_trial = False
+        self.running_trial_id = trial.trial_id
         # Logs of this trial id can only come from an attempt that was killed: start clean.
         shutil.rmtree(self.fi_paths.trials_tensorboard / str(trial.trial_id), ignore_errors=True)
         keras.utils.set_random_seed(zlib.crc32(f"{self.fi_config.seed}/{trial.trial_id}".encode()) % 2**31)
@@ -171,26 +195,30 @@ class _SearchTunerMixin:
         return histories
 
     def on_trial_end(self, trial):
-        super().on_trial_end(trial)  # oracle.end_trial (status, score) and save
-        trial = self.oracle.get_trial(trial.trial_id)  # the oracle's copy holds the score
+        self.running_trial_id = None
         info = {"wall_time_s": round(time.monotonic() - self._trial_start.pop(trial.trial_id), 3),
                 "peak_rss_mb": round(memory.peak_rss_mb(), 1),
                 "peak_gpu_mb": memory.peak_gpu_mb(),
                 "epochs_trained": self._epochs_trained.pop(trial.trial_id, None)}
+        # Written before the oracle records the end, so that a distributed chief finds it.
         write_json_atomic(trial_info_path(self.fi_paths.project_dir, trial.trial_id), info)
-        print(self._trial_line(trial, info), flush=True)
+        super().on_trial_end(trial)  # oracle.end_trial (status, score) and save
+        trial = self.oracle.get_trial(trial.trial_id)  # the oracle's copy holds the score
+        print(self.trial_line(trial, info), flush=True)
         if not self._is_worker():  # a distributed worker's oracle is a client without the trials
             write_trials_csv(trials_table(self.oracle.trials.values(), self.fi_paths.project_dir),
                              self.fi_paths.trials_csv)
-            self._check_consecutive_failures()
+            self.check_consecutive_failures()
 
-    def _trial_line(self, trial, info) -> str:
+    def trial_line(self, trial, info: dict) -> str:
+        """The one line printed when ``trial`` ends; ``info`` is its ``fi_trial.json`` (may be empty)."""
         best = self.best_trial()
         score = f"{OBJECTIVE.name} {trial.score:.4f}" if trial.score is not None else failure_summary(trial.message)
         parts = [f"[search] trial {trial.trial_id} {trial.status}: {score}",
-                 f"best {best.score:.4f} (trial {best.trial_id})" if best else "best: none yet",
-                 f"{info['epochs_trained'] or 0} epochs, {info['wall_time_s']:.1f} s, "
-                 f"peak {info['peak_rss_mb']:.0f} MiB"]
+                 f"best {best.score:.4f} (trial {best.trial_id})" if best else "best: none yet"]
+        if info:
+            parts.append(f"{info['epochs_trained'] or 0} epochs, {info['wall_time_s']:.1f} s, "
+                         f"peak {info['peak_rss_mb']:.0f} MiB")
         left = self.time_left()
         if left is not None:
             parts.append(f"budget: {max(left, 0.0) / 60:.1f} min left")
@@ -201,7 +229,8 @@ class _SearchTunerMixin:
         best = self.oracle.get_best_trials(1)
         return best[0] if best and best[0].status == TrialStatus.COMPLETED else None
 
-    def _check_consecutive_failures(self):
+    def check_consecutive_failures(self):
+        """Raise :class:`SearchFailedError` once the last ``max_consecutive_failures`` ended trials failed."""
         limit = self.fi_config.max_consecutive_failures
         ended = [self.oracle.trials[i] for i in self.oracle.end_order]
         streak = 0
@@ -234,7 +263,7 @@ def make_hypermodel(cache: FeatureCache, config: SearchConfig) -> PersonalityHyp
     """The :class:`PersonalityHyperModel` for ``cache`` with ``config``'s space settings."""
     return PersonalityHyperModel(cache, batch_sizes=config.batch_sizes, crop_size=config.crop_size,
                                  allow_resnet=config.allow_resnet, fixed=config.fixed_hyperparameters,
-                                 augment=config.augment, audio_masking=config.audio_masking,
+                                 choices=config.hyperparameter_choices, augment=config.augment, audio_masking=config.audio_masking,
                                  seed=config.seed, verbose=config.verbose)
 
 
@@ -248,8 +277,11 @@ def make_tuner(hypermodel: kt.HyperModel, paths: RunPaths, config: SearchConfig,
 
     Returns:
         A ``keras_tuner.Tuner`` (Hyperband, RandomSearch or BayesianOptimization oracle)
-        whose project is ``paths.project_dir``.
+        whose project is ``paths.project_dir``, training under ``config.strategy``. In a
+        distributed worker (``KERASTUNER_*`` set) its oracle is Keras Tuner's client of the chief's.
     """
+    from search.distributed import make_strategy
+
     common = dict(objective=OBJECTIVE, seed=config.seed, max_consecutive_failed_trials=None)
     if config.tuner == "hyperband":
         oracle = _HyperbandOracle(max_epochs=config.max_epochs, factor=config.factor,
@@ -260,7 +292,8 @@ def make_tuner(hypermodel: kt.HyperModel, paths: RunPaths, config: SearchConfig,
     else:
         oracle, cls = _BayesianOracle(max_trials=config.max_trials, **common), _PlainTuner
     return cls(oracle, hypermodel, fi_config=config, fi_paths=paths, max_new_trials=max_new_trials,
-               executions_per_trial=config.executions_per_trial)
+               executions_per_trial=config.executions_per_trial,
+               distribution_strategy=make_strategy(config.strategy))
 
 
 def smoke_check(hypermodel: PersonalityHyperModel, objective: str = OBJECTIVE.name) -> None:
@@ -321,7 +354,8 @@ def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config
                       max_new_trials: int | None = None) -> tuple:
     """Run (or resume) the search in this process: smoke check, tuner, ``tuner.search``.
 
-    ``trials.csv`` is written even when the search stops with an error.
+    ``trials.csv`` is written even when the search stops with an error (by the process that
+    holds the oracle: not by a distributed worker, whose heartbeat runs during ``search``).
 
     Args:
         hypermodel, paths, config: as prepared by :func:`run_search`.
@@ -340,16 +374,20 @@ def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config
     write_experiment(paths.trials_tensorboard, tuner.oracle.get_space())
     print(f"[search] {config.tuner} search in {paths.root}; watch it with: "
           f"tensorboard --logdir {paths.tensorboard}", flush=True)
+    from search.distributed import worker_heartbeat
+
     stopped_by = "search_finished"
     try:
-        tuner.search(epochs=config.max_epochs, callbacks=search_callbacks(paths, config))
+        with worker_heartbeat(tuner, config.worker_timeout_s / 4):
+            tuner.search(epochs=config.max_epochs, callbacks=search_callbacks(paths, config))
     except TimeBudgetSpent as e:
         stopped_by = "time_budget"
         print(f"[search] {e}: no new trials", flush=True)
     except TrialLimitReached:
         stopped_by = "trial_limit"
     finally:
-        write_trials_csv(trials_table(tuner.oracle.trials.values(), paths.project_dir), paths.trials_csv)
+        if not tuner._is_worker():
+            write_trials_csv(trials_table(tuner.oracle.trials.values(), paths.project_dir), paths.trials_csv)
     return tuner, stopped_by
 
 
@@ -362,6 +400,9 @@ def run_search(cache: FeatureCache, run_dir, config: SearchConfig, *,
     With ``config.trials_per_process`` (and no ``hypermodel`` given) the trials run in fresh
     child processes of at most that many trials each (``search.chunked``), because memory
     grows with every model trained in one process; otherwise they run in this process.
+    As the chief of a distributed search (``KERASTUNER_TUNER_ID=chief``, see
+    ``search.distributed``) it serves the oracle to the workers instead, until the search
+    ends, and then returns the same result.
 
     Args:
         cache: the opened feature cache.
@@ -377,10 +418,19 @@ def run_search(cache: FeatureCache, run_dir, config: SearchConfig, *,
             check's missing objective.
         SearchFailedError: too many consecutive failed trials, or no trial completed.
         RuntimeError: a child process died (e.g. killed for memory); rerun to resume.
+        OSError: the chief cannot listen on its address.
     """
+    from search.distributed import Role, serve_search
+
     start = time.monotonic()
+    role = Role.current()
+    if role.kind == "worker":
+        raise ValueError(f"KERASTUNER_TUNER_ID={role.worker_id!r} makes this process a distributed worker; "
+                         "workers run search.distributed.run_worker, not run_search")
     paths = prepare_run_dir(run_dir, config, cache)
-    if hypermodel is None and config.trials_per_process:
+    if role.kind == "chief":
+        tuner, stopped_by = serve_search(hypermodel or make_hypermodel(cache, config), paths, config)
+    elif hypermodel is None and config.trials_per_process:
         from search.chunked import search_in_processes
         smoke_check(make_hypermodel(cache, config))  # a clear error here rather than in a child
         stopped_by = search_in_processes(cache, paths, config)

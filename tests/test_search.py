@@ -263,7 +263,7 @@ def test_time_budget_stops_new_trials_and_the_seed_repeats_the_run(small_cache, 
     assert list(result.trials["status"]) == ["COMPLETED"]
     assert result.best.trial_id == "0" and (tmp_path / "a" / "best_hyperparameters.json").is_file()
     out = capsys.readouterr().out
-    assert "budget: 0.0 min left" in out and "time budget of 1 s spent" in out
+    assert "budget: 0.0 min left" in out and "time budget spent" in out
     # Same seed, same trial: same hyperparameters and the same trained score (to float
     # rounding: GPU kernels may sum in another order).
     again = run_search(small_cache, tmp_path / "b", config).trials
