@@ -1,0 +1,505 @@
+#!/usr/bin/env python
+"""Hyperparameter search for multimodal (MFCC + frames) Big Five regression on First Impressions V2.
+
+The main job, with no arguments, runs on the built-in demo dataset::
+
+    python run_search.py                      # = python run_search.py run
+
+Commands (each has ``--help``):
+
+    run       prepare the data, search, retrain the best configuration, score it, report
+    prepare   discover the dataset and build the feature cache only
+    search    prepare (cached) and search only; no retraining
+    retrain   retrain + score + report from saved hyperparameters (a run folder or a JSON file)
+    predict   score new clips with a finished run's model
+
+This file only parses arguments and orchestrates the stages of the toolkit (``fi_data``,
+``search``); nothing heavy is imported before a command starts, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+COMMANDS = ("run", "prepare", "search", "retrain", "predict")
+DEFAULT_RUNS_DIR = ROOT / "tuner_runs"
+DEFAULT_CACHE_DIR = ROOT / ".fi_cache"
+
+# The demo job is sized to finish in about 15 minutes on a 2-core CPU (README).
+DEMO_SEARCH_DEFAULTS = {"max_epochs": 9, "factor": 3, "time_budget": 420.0, "batch_sizes": "16,32"}
+DEMO_CHOICES = {"vgg_width": [8, 16], "vgg_depth": [3, 2, 4], "fusion_units": [64, 128],
+                "temporal_units": [32, 64]}
+"""Hyperparameter choices the demo narrows to, so a trial takes seconds on a 2-core CPU."""
+REAL_SEARCH_DEFAULTS = {"max_epochs": 30, "factor": 3, "time_budget": None, "batch_sizes": "32,16,64"}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _duration(text: str) -> float:
+    """Seconds from '900', '900s', '15m' or '1.5h'."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text[-1:].lower() in units:
+            value = float(text[:-1]) * units[text[-1].lower()]
+        else:
+            value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration like 900, 15m or 1.5h, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a duration must be positive, got {text!r}")
+    return value
+
+
+def _fixed_value(text: str):
+    """'name=value' with value parsed as int, float, bool or left a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    name, raw = text.split("=", 1)
+    value = raw
+    for cast in (int, float):
+        try:
+            value = cast(raw)
+            break
+        except ValueError:
+            pass
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    return name.strip(), value
+
+
+def _choices_value(text: str):
+    """'name=v1,v2,...' with each value parsed like --fix values."""
+    name, raw = _fixed_value(text)
+    values = [_fixed_value(f"{name}={v}")[1] for v in str(raw).split(",") if v != ""]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected NAME=V1,V2,..., got {text!r}")
+    return name, values
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dataset")
+    g.add_argument("--data-dir", type=Path, default=None,
+                   help="folder holding the First Impressions V2 release as downloaded (outer zips "
+                        "train-1.zip ... test-2e.zip, inner training80_XX.zip ..., annotation zips or "
+                        ".pkl files) or already extracted, in any mix. Default: the built-in demo "
+                        "dataset, generated once into .fi_demo/")
+    g.add_argument("--passwords", default=None, metavar="SPEC",
+                   help="passwords of encrypted archives: 'PW' for all, or 'ARCHIVE=PW,ARCHIVE=PW' "
+                        "(names may be globs such as 'test80_*.zip'). Also read from the "
+                        "FI_PASSWORDS environment variable (same syntax) and --passwords-file")
+    g.add_argument("--passwords-file", type=Path, default=None, metavar="FILE",
+                   help="file with one 'ARCHIVE=PW' per line ('*=PW' for all); '#' starts a comment")
+    g.add_argument("--split", default="official", choices=("official", "speaker-disjoint"),
+                   help="official train/validation/test split (default), or a deterministic ~60/20/20 "
+                        "re-split grouped by YouTube id (no person in two splits; seeded by --seed)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="seed of the speaker-disjoint split, the oracle, Keras, shuffling and augmentation "
+                        "(default: 0; for retrain, the run's seed)")
+    g.add_argument("--demo-clips", default="240,80,80", metavar="TRAIN,VAL,TEST",
+                   help="clips per split of the generated demo dataset (default: 240,80,80)")
+
+    g = p.add_argument_group("preprocessing (feature cache)")
+    g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                   help=f"folder of feature caches, one sub-folder per parameter hash (default: {DEFAULT_CACHE_DIR.name}/)")
+    g.add_argument("--workers", type=_positive_int, default=None,
+                   help="processes decoding clips in parallel (default: number of CPU cores)")
+    g.add_argument("--representation", default="mfcc", choices=("mfcc", "mean_mfcc", "logmel"),
+                   help="audio input: MFCC matrix (N, M, 1) (default), mean-MFCC vector (N, 1), or "
+                        "log-mel spectrogram in dB (n_mels, M, 1)")
+    g.add_argument("--sample-rate", type=_positive_int, default=16000, help="audio sample rate in Hz after "
+                   "mixing down to mono (default: 16000)")
+    g.add_argument("--n-mfcc", type=_positive_int, default=24, help="MFCC coefficients N (default: 24)")
+    g.add_argument("--n-mels", type=_positive_int, default=64, help="mel bands (default: 64)")
+    g.add_argument("--n-fft", type=_positive_int, default=512, help="FFT window in samples (default: 512 = 32 ms at 16 kHz)")
+    g.add_argument("--hop-length", type=_positive_int, default=256,
+                   help="hop between audio frames in samples (default: 256 = 16 ms at 16 kHz)")
+    g.add_argument("--n-frames", type=_positive_int, default=6, help="video frames per clip (default: 6)")
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("search")
+    g.add_argument("--tuner", default="hyperband", choices=("hyperband", "random", "bayesian"),
+                   help="Keras Tuner algorithm (default: hyperband)")
+    g.add_argument("--max-epochs", type=_positive_int, default=None,
+                   help="most epochs one model trains (Hyperband max_epochs; epochs per trial for random/"
+                        f"bayesian). Default: {DEMO_SEARCH_DEFAULTS['max_epochs']} on the demo, "
+                        f"{REAL_SEARCH_DEFAULTS['max_epochs']} on real data")
+    g.add_argument("--factor", type=_positive_int, default=3, help="Hyperband reduction factor (default: 3)")
+    g.add_argument("--hyperband-iterations", type=_positive_int, default=1,
+                   help="Hyperband iterations (default: 1)")
+    g.add_argument("--max-trials", type=_positive_int, default=20,
+                   help="trials of random/bayesian search (default: 20; Hyperband ignores it)")
+    g.add_argument("--executions-per-trial", type=_positive_int, default=1,
+                   help="models trained per trial; its score is their mean (default: 1)")
+    g.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                   help="stop starting new trials after this long (e.g. 900, 15m, 2h), then retrain and "
+                        "report the best so far. Default: 7m on the demo, none on real data")
+    g.add_argument("--no-time-budget", action="store_true", help="no time budget, even on the demo")
+    g.add_argument("--batch-sizes", default=None, metavar="B,B,...",
+                   help="batch sizes the search chooses from, the first being the default "
+                        f"(default: {DEMO_SEARCH_DEFAULTS['batch_sizes']} on the demo, "
+                        f"{REAL_SEARCH_DEFAULTS['batch_sizes']} on real data)")
+    g.add_argument("--crop-size", type=_positive_int, default=128,
+                   help="side of the square frame crop in pixels: random while training, center "
+                        "for validation/test (default: 128)")
+    g.add_argument("--no-augment", action="store_true",
+                   help="no training augmentation (random crop becomes center crop; no flip or jitter)")
+    g.add_argument("--audio-masking", action="store_true",
+                   help="time/frequency masking of MFCC/log-mel audio while training")
+    g.add_argument("--allow-resnet", action="store_true",
+                   help="offer ResNet50 (random init) as a visual backbone: slow on a CPU")
+    g.add_argument("--fix", type=_fixed_value, action="append", default=[], metavar="NAME=VALUE",
+                   help="hold one hyperparameter fixed, e.g. --fix backbone=vgg --fix depth=2 (repeatable)")
+    g.add_argument("--choices", type=_choices_value, action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="search only these values of one hyperparameter, e.g. --choices vgg_width=8,16 "
+                        "(repeatable; the first value is the default). The demo narrows the space to "
+                        "CPU-sized models: " + " ".join(f"{k}={','.join(map(str, v))}"
+                                                       for k, v in DEMO_CHOICES.items()))
+    g.add_argument("--patience", type=int, default=5,
+                   help="epochs without a better validation 1-MAE before a trial or the retraining stops (default: 5)")
+    g.add_argument("--trials-per-process", type=int, default=10, metavar="N",
+                   help="run trials in fresh child processes of at most N trials each, resuming the same "
+                        "project, so memory stays bounded over long searches (TensorFlow grows ~30 MiB per "
+                        "trial in one process); 0 runs every trial in this process (default: 10)")
+    g.add_argument("--max-consecutive-failures", type=_positive_int, default=3,
+                   help="stop the search after this many failed trials in a row (default: 3)")
+    g = p.add_argument_group(
+        "distributed tuning",
+        "One search on several processes or machines (Keras Tuner's chief/worker mode over gRPC): run the "
+        "same command on every machine with a shared run folder, once with --role chief (serves the oracle, "
+        "then retrains the best and reports) and once per worker with --role worker (runs trials only). "
+        "Without --role, Keras Tuner's KERASTUNER_TUNER_ID/_ORACLE_IP/_ORACLE_PORT variables decide.")
+    g.add_argument("--role", default=None, choices=("single", "chief", "worker"),
+                   help="single (default: one process searches), chief, or worker")
+    g.add_argument("--oracle-address", default=None, metavar="HOST:PORT",
+                   help="where the chief listens and the workers connect, e.g. 10.0.0.5:8000 (chief and worker)")
+    g.add_argument("--worker-id", default=None,
+                   help="this worker's id, unique among the workers (default: worker-<host>-<pid>); a worker "
+                        "restarted with its old id resumes its unfinished trial")
+    g.add_argument("--worker-timeout", type=_duration, default=120.0, metavar="DURATION",
+                   help="chief: give a worker's trial to another worker after this long without a heartbeat "
+                        "from it, e.g. when it was killed (default: 120s)")
+    g.add_argument("--strategy", default="default", choices=("default", "mirrored"),
+                   help="train each trial with TensorFlow's default strategy (one device) or "
+                        "tf.distribute.MirroredStrategy over every GPU of this machine; the batch size is then "
+                        "the global batch (default: default)")
+    _add_retrain_args(p)
+    g = p.add_argument_group("run folder")
+    g.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR,
+                   help=f"where run folders go (default: {DEFAULT_RUNS_DIR.name}/)")
+    g.add_argument("--run-name", default=None,
+                   help="run folder name (default: 'demo', or '<data folder name>-<split>'); "
+                        "rerunning the same command resumes this run")
+    g.add_argument("--overwrite", action="store_true", help="delete the run folder's results and start over")
+    g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                   help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch (default: 1)")
+
+
+def _add_retrain_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("retraining the best configuration")
+    g.add_argument("--retrain-epochs", type=_positive_int, default=None,
+                   help="epochs of the retraining (default: --max-epochs), with early stopping on validation")
+    g.add_argument("--train-on-train-val", action="store_true",
+                   help="retrain on train + validation (no early stopping; the best trial's epoch count)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (no TensorFlow import)."""
+    parser = argparse.ArgumentParser(
+        prog="run_search.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="With no command, 'run' is used: 'python run_search.py [run options]'.\n"
+               "Run 'python run_search.py COMMAND --help' for the flags of a command.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the whole job: prepare, search, retrain the best, score on test, report",
+                       description="Prepare the feature cache, run the hyperparameter search on validation "
+                                   "1-MAE, retrain the best configuration, score it on the test split and write "
+                                   "the report, plots and TensorBoard logs.")
+    _add_data_args(p)
+    _add_search_args(p)
+
+    p = sub.add_parser("prepare", help="discover the dataset and build the feature cache only",
+                       description="Find every clip and label, print the set sizes, preprocess into the "
+                                   "feature cache (resumable) and plot the label distributions and 3 samples.")
+    _add_data_args(p)
+
+    p = sub.add_parser("search", help="prepare (cached) and run the search only, without retraining")
+    _add_data_args(p)
+    _add_search_args(p)
+
+    p = sub.add_parser("retrain", help="retrain, score and report from saved hyperparameters, without searching",
+                       description="Rebuild a configuration from a run folder (its best_hyperparameters.json and "
+                                   "settings) or a JSON file of hyperparameters, retrain it, score every split "
+                                   "and write the report into a run folder.")
+    p.add_argument("--from", dest="source", type=Path, required=True, metavar="RUN_OR_JSON",
+                   help="a run folder or a JSON file of hyperparameter values")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="output run folder (default: the run folder given to --from; for a JSON file, "
+                        "tuner_runs/retrain-<file name>)")
+    p.add_argument("--max-epochs", type=_positive_int, default=None,
+                   help="epochs of the retraining when --retrain-epochs is not given (default: the run's)")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras training output")
+    _add_retrain_args(p)
+    _add_data_args(p)
+
+    p = sub.add_parser("predict", help="score new clips with a finished run's model",
+                       description="Score .mp4 clips (files, folders or zip archives) with a run's "
+                                   "best_model.keras, preprocessed exactly as it was trained. Prints a table "
+                                   "and writes predictions CSV and JSON files.")
+    p.add_argument("inputs", nargs="+", type=Path, help=".mp4 files, folders of them, or zip archives")
+    p.add_argument("--run", type=Path, required=True, help="a finished run folder (holding best_model.keras)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output prefix for <out>.csv and <out>.json (default: <run>/predictions_new)")
+    p.add_argument("--passwords", default=None, metavar="SPEC", help="passwords of encrypted archives (as above)")
+    p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE", help="passwords file (as above)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="clips per prediction batch")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (default ``sys.argv[1:]``); no command means ``run``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]
+    if argv[0] in ("-h", "--help"):
+        parser.print_help()
+        print("\nFlags of the default command 'run':\n")
+        parser.parse_args(["run", "--help"])  # prints and exits
+    return parser.parse_args(argv)
+
+
+
+# ---------------------------------------------------------------------------------------
+# Orchestration (imports of the toolkit happen inside, after argument parsing)
+
+def _user_errors() -> tuple:
+    """Exception types that mean bad input or settings: printed as one line, exit status 2."""
+    import pickle
+
+    from fi_data.archives import ArchiveError
+    from fi_data.ffmpeg_tools import FFmpegNotFoundError
+    from search.tuner import SearchFailedError
+    return (ArchiveError, FFmpegNotFoundError, SearchFailedError, OSError, ValueError, pickle.UnpicklingError)
+
+
+def _passwords(args):
+    from fi_data.archives import Passwords
+    return Passwords.from_sources(args.passwords, args.passwords_file)
+
+
+def _demo_sizes(text: str) -> tuple[int, int, int]:
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise ValueError(f"--demo-clips: expected three positive integers TRAIN,VAL,TEST, got {text!r}")
+    return sizes
+
+
+def prepare(args, plots_dir: Path | None = None):
+    """Discover the dataset (or make the demo), build or reuse the feature cache, plot.
+
+    Returns:
+        ``(cache, discovery)``: the opened ``FeatureCache`` and the ``DiscoveryResult``.
+    """
+    import functools
+
+    from fi_data.archives import open_clip
+    from fi_data.cache import PreprocessParams, build_cache
+    from fi_data.cache_format import open_cache
+    from fi_data.dataset_report import plot_trait_distributions
+    from fi_data.discovery import discover
+    from fi_data.sample_plots import plot_samples
+
+    if args.data_dir is None:
+        from fi_data.demo import demo_dataset
+        n_train, n_val, n_test = _demo_sizes(args.demo_clips)
+        data_dir = demo_dataset(n_train=n_train, n_val=n_val, n_test=n_test, workers=args.workers)
+        print(f"[data] demo dataset: {data_dir}")
+    else:
+        data_dir = args.data_dir
+    passwords = _passwords(args)
+    tmp_dir = args.cache_dir / "tmp"
+    discovery = discover(data_dir, passwords, split_mode=args.split, seed=args.seed or 0, tmp_dir=tmp_dir)
+    print(discovery.summary())
+    params = PreprocessParams(sample_rate=args.sample_rate, representation=args.representation,
+                              n_mfcc=args.n_mfcc, n_mels=args.n_mels, n_fft=args.n_fft,
+                              hop_length=args.hop_length, n_frames=args.n_frames)
+    opener = functools.partial(open_clip, passwords=passwords, tmp_dir=tmp_dir)
+    cache = open_cache(build_cache(discovery.clips, args.cache_dir, params, open_clip=opener, workers=args.workers))
+    plots_dir = Path(plots_dir) if plots_dir is not None else cache.path / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    plot_trait_distributions(discovery.clips, plots_dir / "trait_distributions.png")
+    plot_samples(cache, plots_dir / "samples.png")
+    print(f"[data] plots: {plots_dir / 'trait_distributions.png'}, {plots_dir / 'samples.png'}")
+    return cache, discovery
+
+
+def search_config(args):
+    """The ``SearchConfig`` for parsed ``run``/``search`` arguments (demo or real defaults)."""
+    from search.config import SearchConfig
+
+    defaults = DEMO_SEARCH_DEFAULTS if args.data_dir is None else REAL_SEARCH_DEFAULTS
+    budget = None if args.no_time_budget else (args.time_budget or defaults["time_budget"])
+    batch_sizes = [int(b) for b in (args.batch_sizes or defaults["batch_sizes"]).split(",")]
+    choices = dict(DEMO_CHOICES) if args.data_dir is None else {}
+    choices = {k: v for k, v in choices.items() if k not in dict(args.fix)}
+    choices.update(dict(args.choices))
+    return SearchConfig(
+        tuner=args.tuner, max_epochs=args.max_epochs or defaults["max_epochs"], factor=args.factor,
+        hyperband_iterations=args.hyperband_iterations, max_trials=args.max_trials,
+        executions_per_trial=args.executions_per_trial, seed=args.seed or 0, time_budget_s=budget,
+        batch_sizes=tuple(batch_sizes), crop_size=args.crop_size, augment=not args.no_augment,
+        audio_masking=args.audio_masking, allow_resnet=args.allow_resnet, fixed_hyperparameters=dict(args.fix),
+        hyperparameter_choices=choices,
+        early_stopping_patience=args.patience, retrain_epochs=args.retrain_epochs,
+        train_on_train_plus_val=args.train_on_train_val, overwrite=args.overwrite,
+        max_consecutive_failures=args.max_consecutive_failures,
+        trials_per_process=args.trials_per_process or None, strategy=args.strategy,
+        worker_timeout_s=args.worker_timeout, verbose=args.verbose)
+
+
+def run_dir_for(args) -> Path:
+    """``--runs-dir/--run-name``; the default name is stable so that a rerun resumes."""
+    name = args.run_name or ("demo" if args.data_dir is None else f"{Path(args.data_dir).resolve().name}-{args.split}")
+    return Path(args.runs_dir) / name
+
+
+def distributed_role(args):
+    """The ``search.distributed.Role`` of ``--role/--oracle-address/--worker-id``, written into
+    the ``KERASTUNER_*`` environment that Keras Tuner reads; without ``--role``, the role that
+    environment already names (single when unset)."""
+    from search.distributed import Role, default_worker_id
+
+    if args.role is None:
+        if args.oracle_address or args.worker_id:
+            raise ValueError("--oracle-address and --worker-id need --role chief or --role worker")
+        return Role.current()
+    worker_id = args.worker_id or (default_worker_id() if args.role == "worker" else None)
+    role = Role(args.role, args.oracle_address, worker_id)
+    role.apply()
+    return role
+
+
+def cmd_prepare(args) -> int:
+    prepare(args)
+    return 0
+
+
+def cmd_search(args, retrain: bool = False) -> int:
+    from search.summary import format_summary
+    from search.tuner import run_search
+
+    config = search_config(args)  # validate settings before any long work
+    run_dir = run_dir_for(args)
+    role = distributed_role(args)
+    if role.kind == "worker":  # runs trials only; the chief retrains and reports
+        from search.distributed import run_worker
+        run_worker(run_dir, config, lambda: prepare(args)[0])
+        print(f"[search] worker {role.worker_id}: the chief has no trials left; it retrains and reports")
+        return 0
+    cache, _ = prepare(args, plots_dir=run_dir / "plots")
+    result = run_search(cache, run_dir, config)
+    print(f"[search] stopped by {result.stopped_by} after {result.elapsed_s:.0f} s; "
+          f"best validation 1-MAE {result.best.score:.4f} (trial {result.best.trial_id})")
+    if not retrain:
+        print(f"[search] best hyperparameters: {result.paths.best_hyperparameters}")
+        return 0
+    from search.report import write_report
+    from search.train import retrain_and_evaluate
+
+    metrics = retrain_and_evaluate(cache, run_dir, result.best, config)
+    write_report(run_dir)
+    print(format_summary(metrics, run_dir))
+    return 0
+
+
+def cmd_run(args) -> int:
+    return cmd_search(args, retrain=True)
+
+
+def cmd_retrain(args) -> int:
+    import dataclasses
+
+    from search.config import SearchConfig
+    from search.report import write_report
+    from search.runs import load_best_hyperparameters, load_run
+    from search.summary import format_summary
+    from search.train import retrain_and_evaluate
+
+    source = Path(args.source)
+    if source.is_dir():
+        saved = load_run(source)
+        if saved.best is None:
+            raise ValueError(f"{source}: this run has no best_hyperparameters.json yet (no trial finished)")
+        config, best = saved.config, saved.best
+        run_dir = args.run_dir or source
+        cached = Path(saved.cache.get("path", ""))
+    else:
+        config, best = SearchConfig(), load_best_hyperparameters(source)
+        run_dir = args.run_dir or DEFAULT_RUNS_DIR / f"retrain-{source.stem}"
+        cached = None
+    changes = {"train_on_train_plus_val": args.train_on_train_val or config.train_on_train_plus_val,
+               "verbose": args.verbose}
+    for name, value in (("retrain_epochs", args.retrain_epochs), ("max_epochs", args.max_epochs), ("seed", args.seed)):
+        if value is not None:
+            changes[name] = value
+    config = dataclasses.replace(config, **changes)
+    if cached is not None and args.data_dir is None and (cached / "manifest.json").is_file():
+        from fi_data.cache_format import open_cache
+        cache = open_cache(cached)  # the cache the run searched on
+        print(f"[data] feature cache of the run: {cache.path}")
+    else:
+        cache, _ = prepare(args, plots_dir=Path(run_dir) / "plots")
+    metrics = retrain_and_evaluate(cache, run_dir, best, config)
+    write_report(run_dir)
+    print(format_summary(metrics, run_dir))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from search.predict import predict_clips, write_predictions
+
+    table = predict_clips(args.run, args.inputs, passwords=_passwords(args), batch_size=args.batch_size)
+    out = args.out or Path(args.run) / "predictions_new"
+    csv_path, json_path = write_predictions(table, out)
+    with_scores = table[table["status"] == "ok"]
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\n{len(with_scores)} of {len(table)} clips scored; written {csv_path} and {json_path}")
+    return 0 if len(with_scores) else 1
+
+
+HANDLERS = {"run": cmd_run, "prepare": cmd_prepare, "search": cmd_search, "retrain": cmd_retrain,
+            "predict": cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status (2 for bad input or settings)."""
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(ROOT))
+    errors = _user_errors()
+    try:
+        return HANDLERS[args.command](args)
+    except KeyboardInterrupt:
+        print("\nInterrupted. Finished work is kept: rerun the same command to continue.", file=sys.stderr)
+        return 130
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""run_search.py: flag parsing, --help without TensorFlow, predict on new clips, the summary."""
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import run_search
+from fi_data.traits import TRAITS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing
+
+
+def _sample_value(action: argparse.Action) -> list[str]:
+    """Command-line tokens that give ``action`` a valid, non-default value."""
+    if action.nargs == 0:  # store_true
+        return []
+    if action.choices:
+        return [str(list(action.choices)[-1])]
+    samples = {"--fix": "vgg_depth=2", "--choices": "vgg_width=8,16", "--time-budget": "15m",
+               "--worker-timeout": "5m", "--oracle-address": "127.0.0.1:8000", "--batch-sizes": "8,16",
+               "--demo-clips": "12,4,4", "--passwords": "secret", "--seed": "3", "--patience": "2"}
+    for option in action.option_strings:
+        if option in samples:
+            return [samples[option]]
+    if action.type in (run_search._positive_int, int):
+        return ["7"]
+    return ["some/path"]
+
+
+def _subparsers(parser):
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+@pytest.mark.parametrize("command", run_search.COMMANDS)
+def test_every_documented_flag_parses(command):
+    parser = run_search.build_parser()
+    sub = _subparsers(parser)[command]
+    argv = [command]
+    for action in sub._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        argv += [action.option_strings[0], *_sample_value(action)]
+    if command == "predict":
+        argv += ["clip.mp4"]
+    args = run_search.parse_args(argv)
+    assert args.command == command
+    for action in sub._actions:  # every flag took its sample value, not its default
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            assert getattr(args, action.dest) != action.default, action.option_strings[0]
+
+
+def test_no_command_means_run_and_flags_reach_the_search_config():
+    args = run_search.parse_args(["--max-epochs", "4", "--factor", "2", "--time-budget", "1.5h",
+                                  "--batch-sizes", "8,4", "--fix", "vgg_depth=2", "--fix", "head=sigmoid",
+                                  "--no-augment", "--seed", "5", "--tuner", "random", "--max-trials", "3",
+                                  "--choices", "vgg_width=4,8", "--choices", "learning_rate=0.01,0.001"])
+    assert args.command == "run"
+    config = run_search.search_config(args)
+    assert (config.max_epochs, config.factor, config.time_budget_s) == (4, 2, 5400.0)
+    assert config.batch_sizes == (8, 4)
+    assert config.fixed_hyperparameters == {"vgg_depth": 2, "head": "sigmoid"}
+    assert (config.augment, config.seed, config.tuner, config.max_trials) == (False, 5, "random", 3)
+    # the demo's CPU-sized choices, overridden by --choices and dropped where --fix holds a value
+    expected = {k: v for k, v in run_search.DEMO_CHOICES.items() if k != "vgg_depth"}
+    expected.update({"vgg_width": [4, 8], "learning_rate": [0.01, 0.001]})
+    assert config.hyperparameter_choices == expected
+    assert config.hyperparameter_choices["fusion_units"] == run_search.DEMO_CHOICES["fusion_units"]
+    assert run_search.run_dir_for(args) == run_search.DEFAULT_RUNS_DIR / "demo"
+
+
+def test_demo_and_real_data_defaults_differ():
+    demo = run_search.search_config(run_search.parse_args([]))
+    real = run_search.search_config(run_search.parse_args(["--data-dir", "/data/fi"]))
+    assert demo.time_budget_s == run_search.DEMO_SEARCH_DEFAULTS["time_budget"]
+    assert real.time_budget_s is None
+    assert real.max_epochs == run_search.REAL_SEARCH_DEFAULTS["max_epochs"]
+    no_budget = run_search.search_config(run_search.parse_args(["--no-time-budget"]))
+    assert no_budget.time_budget_s is None
+    args = run_search.parse_args(["--data-dir", "/data/fi", "--split", "speaker-disjoint"])
+    assert run_search.run_dir_for(args).name == "fi-speaker-disjoint"
+
+
+@pytest.mark.parametrize("bad", [["--time-budget", "soon"], ["--max-epochs", "0"], ["--fix", "vgg_depth"],
+                                 ["--tuner", "grid"]])
+def test_bad_flag_values_are_refused_with_exit_status_2(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_search.parse_args(bad)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_help_works_without_starting_tensorflow():
+    code = ("import runpy, sys\n"
+            "sys.argv = ['run_search.py', '--help']\n"
+            "try:\n    runpy.run_path('run_search.py', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "heavy = [m for m in ('tensorflow', 'keras', 'keras_tuner', 'librosa', 'cv2') if m in sys.modules]\n"
+            "print('HEAVY', heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
+    for flag in ("--data-dir", "--time-budget", "--max-epochs", "--passwords", "--overwrite"):
+        assert flag in out.stdout  # the top-level help shows the default command's flags
+
+
+# ---------------------------------------------------------------------------------------
+# A finished run made in a fixture: real clips -> cache -> retrain -> run folder
+
+
+def _make_clip(path: Path, seconds: float = 2.0, freq: int = 440, color: str = "red"):
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c={color}:s=64x36:r=10:d={seconds}",
+                    "-f", "lavfi", "-i", f"sine=frequency={freq}:sample_rate=16000:duration={seconds}",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)],
+                   check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from fi_data.cache import PreprocessParams, build_cache, open_path
+    from fi_data.cache_format import open_cache
+    from search.config import SearchConfig
+    from search.train import retrain_and_evaluate
+
+    tmp = tmp_path_factory.mktemp("run")
+    clips_dir = tmp / "clips"
+    clips_dir.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, split in enumerate(["train"] * 6 + ["validation"] * 3 + ["test"] * 3):
+        clip_id = f"-cliTest{i:03d}.00{i % 6}"
+        path = clips_dir / f"{clip_id}.mp4"
+        _make_clip(path, freq=200 + 50 * i, color=["red", "blue", "green"][i % 3])
+        labels = dict(zip(TRAITS, rng.uniform(0.3, 0.7, len(TRAITS))))
+        rows.append({"clip_id": clip_id, "split": split, **labels, "interview": 0.5, "source": str(path),
+                     "status": "ok"})
+    params = PreprocessParams(frame_height=36, frame_width=64)
+    cache = open_cache(build_cache(pd.DataFrame(rows), tmp / "cache", params, open_clip=open_path, workers=1,
+                                   progress=False))
+    config = SearchConfig(max_epochs=2, batch_sizes=(4,), crop_size=32, early_stopping_patience=0)
+    hps = {"audio_branch": "conv2d", "vgg_depth": 1, "vgg_width": 16, "temporal": "max", "fusion_units": 64,
+           "batch_size": 4}
+    run_dir = tmp / "tuner_runs" / "fixture"
+    metrics = retrain_and_evaluate(cache, run_dir, hps, config)
+    return {"run_dir": run_dir, "metrics": metrics, "clips_dir": clips_dir, "tmp": tmp}
+
+
+def test_predict_scores_the_good_clip_and_gives_the_reason_for_the_corrupt_one(finished_run, tmp_path):
+    from search.predict import predict_clips
+
+    good = tmp_path / "new_person.mp4"
+    _make_clip(good, seconds=3.0, freq=330)
+    corrupt = tmp_path / "broken.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)  # no moov atom
+    table = predict_clips(finished_run["run_dir"], [good, corrupt])
+    assert list(table["clip"]) == ["new_person", "broken"]
+    ok = table[table["status"] == "ok"]
+    assert len(ok) == 1 and ok.iloc[0]["clip"] == "new_person"
+    values = ok[list(TRAITS)].to_numpy(dtype=float)
+    assert np.isfinite(values).all()
+    bad = table[table["clip"] == "broken"].iloc[0]
+    assert bad["status"] != "ok" and bad["status"]  # a reason, e.g. unreadable_container
+    assert np.isnan(bad[list(TRAITS)].to_numpy(dtype=float)).all()
+
+
+def test_predict_matches_the_model_on_the_cached_test_clip(finished_run):
+    """The same clip through predict and through the cache + test pipeline gives the same scores."""
+    from search.predict import predict_clips
+
+    predictions = pd.read_csv(finished_run["run_dir"] / "predictions.csv")
+    test_row = predictions[predictions["split"] == "test"].iloc[0]
+    clip = finished_run["clips_dir"] / f"{test_row['clip_id']}.mp4"
+    table = predict_clips(finished_run["run_dir"], [clip])
+    got = table.iloc[0][list(TRAITS)].to_numpy(dtype=float)
+    want = test_row[[f"pred_{t}" for t in TRAITS]].to_numpy(dtype=float)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_predict_command_writes_csv_and_json(finished_run, tmp_path, capsys):
+    good = tmp_path / "someone.mp4"
+    _make_clip(good)
+    out = tmp_path / "preds"
+    status = run_search.main(["predict", "--run", str(finished_run["run_dir"]), "--out", str(out), str(good)])
+    assert status == 0
+    table = pd.read_csv(f"{out}.csv")
+    records = json.loads(Path(f"{out}.json").read_text())
+    assert list(records["traits"]) == list(TRAITS)
+    assert records["clips"][0]["clip"] == "someone"
+    assert records["clips"][0]["openness"] == pytest.approx(table.loc[0, "openness"], abs=1e-9)
+    assert "1 of 1 clips scored" in capsys.readouterr().out
+
+
+def test_predict_without_a_finished_run_is_a_clear_error(tmp_path, capsys):
+    status = run_search.main(["predict", "--run", str(tmp_path), str(tmp_path / "x.mp4")])
+    assert status == 2
+    assert "best_model.keras" in capsys.readouterr().err
+
+
+def test_summary_numbers_equal_metrics_json(finished_run):
+    from search.summary import format_summary
+
+    metrics = json.loads((finished_run["run_dir"] / "metrics.json").read_text())
+    text = format_summary(metrics, finished_run["run_dir"])
+    for name in (*TRAITS, "mean"):
+        line = next(l for l in text.splitlines() if l.startswith(name + " "))
+        numbers = [float(x) for x in re.findall(r"-?\d+\.\d+", line)]
+        s = metrics["scores"]["test"][name]
+        expected = [s["one_minus_mae"], s["baseline_one_minus_mae"], s["r2"], s["baseline_r2"], s["spread"]]
+        np.testing.assert_allclose(numbers, expected, atol=5e-5)
+    assert f"{metrics['scores']['validation']['mean']['one_minus_mae']:.4f}" in text
+    assert f"tensorboard --logdir {finished_run['run_dir'] / 'tensorboard'}" in text
