@@ -429,7 +429,7 @@ def _run_jobs(todo: list[tuple[str, str]], job: _Job, workers: int, progress: bo
         done += 1
         skipped += result[1] != "ok"
         if bar is not None:
-            bar.update(done, values=[("skipped", skipped)])
+            bar.update(done, values=[("skipped", skipped)] if skipped else None)  # shown once a clip is skipped
 
     if workers == 1:
         for clip_id, source in todo:
