@@ -158,7 +158,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-resnet", action="store_true",
                    help="offer ResNet50 (random init) as a visual backbone: slow on a CPU")
     g.add_argument("--fix", type=_fixed_value, action="append", default=[], metavar="NAME=VALUE",
-                   help="hold one hyperparameter fixed, e.g. --fix backbone=vgg --fix depth=2 (repeatable)")
+                   help="hold one hyperparameter fixed, e.g. --fix backbone=vgg --fix vgg_depth=2 (repeatable)")
     g.add_argument("--choices", type=_choices_value, action="append", default=[], metavar="NAME=V1,V2,...",
                    help="search only these values of one hyperparameter, e.g. --choices vgg_width=8,16 "
                         "(repeatable; the first value is the default). The demo narrows the space to "
