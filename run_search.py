@@ -104,8 +104,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the speaker-disjoint split, the oracle, Keras, shuffling and augmentation "
                         "(default: 0; for retrain, the run's seed)")
-    g.add_argument("--demo-clips", default="240,80,80", metavar="TRAIN,VAL,TEST",
-                   help="clips per split of the generated demo dataset (default: 240,80,80)")
+    g.add_argument("--demo-clips", default=None, metavar="TRAIN,VAL,TEST",
+                   help="clips per split of the generated demo dataset (default: 240,80,80, or the "
+                        "variant's sizes with --demo-variant)")
+    g.add_argument("--demo-variant", type=int, default=None, metavar="SEED",
+                   help="generate a different demo dataset, drawn from SEED: which trait rides on which "
+                        "cue, each cue's direction and strength, the noise, the clip sizes and the number "
+                        "of clips (fi_data.demo). Default: the standard demo")
 
     g = p.add_argument_group("preprocessing (feature cache)")
     g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
@@ -131,8 +136,11 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    help="Keras Tuner algorithm (default: hyperband)")
     g.add_argument("--max-epochs", type=_positive_int, default=None,
                    help="most epochs one model trains (Hyperband max_epochs; epochs per trial for random/"
-                        f"bayesian). Default: {DEMO_SEARCH_DEFAULTS['max_epochs']} on the demo, "
-                        f"{REAL_SEARCH_DEFAULTS['max_epochs']} on real data")
+                        "bayesian). Default: with a time budget, planned from measured epoch costs so that "
+                        "a full Hyperband bracket fits (the plan is printed); without one, "
+                        f"{DEMO_SEARCH_DEFAULTS['max_epochs']} on the demo, "
+                        f"{REAL_SEARCH_DEFAULTS['max_epochs']} on real data. Given, it wins (with a warning "
+                        "when it cannot fit the budget)")
     g.add_argument("--factor", type=_positive_int, default=3, help="Hyperband reduction factor (default: 3)")
     g.add_argument("--hyperband-iterations", type=_positive_int, default=1,
                    help="Hyperband iterations (default: 1)")
@@ -141,8 +149,9 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--executions-per-trial", type=_positive_int, default=1,
                    help="models trained per trial; its score is their mean (default: 1)")
     g.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
-                   help="stop starting new trials after this long (e.g. 900, 15m, 2h), then retrain and "
-                        "report the best so far. Default: 7m on the demo, none on real data")
+                   help="the search's deadline (e.g. 900, 15m, 2h): no trial starts after it, the running "
+                        "trial stops at the end of its epoch; then the best so far is retrained (its own "
+                        "limit: --retrain-epochs) and reported. Default: 7m on the demo, none on real data")
     g.add_argument("--no-time-budget", action="store_true", help="no time budget, even on the demo")
     g.add_argument("--batch-sizes", default=None, metavar="B,B,...",
                    help="batch sizes the search chooses from, the first being the default "
@@ -325,8 +334,11 @@ def prepare(args, plots_dir: Path | None = None):
 
     if args.data_dir is None:
         from fi_data.demo import demo_dataset
-        n_train, n_val, n_test = _demo_sizes(args.demo_clips)
-        data_dir = demo_dataset(n_train=n_train, n_val=n_val, n_test=n_test, workers=args.workers)
+        sizes = {}
+        if args.demo_clips is not None or args.demo_variant is None:
+            sizes = dict(zip(("n_train", "n_val", "n_test"), _demo_sizes(args.demo_clips or "240,80,80")))
+        variant = {} if args.demo_variant is None else {"variant": args.demo_variant}
+        data_dir = demo_dataset(workers=args.workers, **sizes, **variant)
         print(f"[data] demo dataset: {data_dir}")
     else:
         data_dir = args.data_dir
@@ -359,6 +371,7 @@ def search_config(args):
     choices.update(dict(args.choices))
     return SearchConfig(
         tuner=args.tuner, max_epochs=args.max_epochs or defaults["max_epochs"], factor=args.factor,
+        plan_epochs=args.max_epochs is None,
         hyperband_iterations=args.hyperband_iterations, max_trials=args.max_trials,
         executions_per_trial=args.executions_per_trial, seed=args.seed or 0, time_budget_s=budget,
         batch_sizes=tuple(batch_sizes), crop_size=args.crop_size, augment=not args.no_augment,
@@ -373,7 +386,8 @@ def search_config(args):
 
 def run_dir_for(args) -> Path:
     """``--runs-dir/--run-name``; the default name is stable so that a rerun resumes."""
-    name = args.run_name or ("demo" if args.data_dir is None else f"{Path(args.data_dir).resolve().name}-{args.split}")
+    demo = "demo" if getattr(args, "demo_variant", None) is None else f"demo-variant-{args.demo_variant}"
+    name = args.run_name or (demo if args.data_dir is None else f"{Path(args.data_dir).resolve().name}-{args.split}")
     return Path(args.runs_dir) / name
 
 

@@ -19,6 +19,8 @@ its effect beside the sigmoid head and the ``"ccc_mae"`` loss of ``fi_models.los
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 from keras import layers, ops
@@ -27,6 +29,7 @@ from fi_data.traits import TRAITS
 from fi_models.audio import build_audio_branch
 from fi_models.losses import get_loss
 from fi_models.metrics import OneMinusMAE
+from fi_models.statistics import AudioStatistics, FrameStatistics
 from fi_models.visual import build_visual_branch
 
 HEADS = ("linear", "sigmoid")
@@ -34,6 +37,48 @@ HEADS = ("linear", "sigmoid")
 
 OUTPUT_NAME = "traits"
 """Name of the output layer (one ``(batch, 5)`` tensor in ``TRAITS`` order)."""
+
+STATS = "stats"
+"""Audio branch and visual backbone name of the statistics branches: the clip statistics of
+``fi_models.statistics`` (``AudioStatistics`` / ``FrameStatistics``), standardized with the
+training split's moments, fed to the fusion layer as they are (no learned layer of their own)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StatisticsInit:
+    """What the statistics branches and the ridge path are built from (all from the TRAINING split).
+
+    Attributes:
+        audio_mean, audio_var: per-feature mean and variance of ``AudioStatistics`` over the
+            training clips, float ``(d_a,)``.
+        video_mean, video_var: the same for ``FrameStatistics``, ``(d_v,)``.
+        ridge_kernel, ridge_bias: optional ridge regression from the standardized statistics
+            ``[audio, video]`` (``(d_a + d_v,)``) to the standardized targets: kernel
+            ``(d_a + d_v, 5)``, bias ``(5,)`` (``search.baselines.fit_statistics_ridge``).
+            Given, the model gets a fixed linear path with these weights and its learned part
+            starts at 0, so the untrained model predicts exactly the ridge and training
+            learns a residual on top of it (wide & deep, Cheng et al. 2016, with the wide
+            part fitted in closed form).
+    """
+
+    audio_mean: tuple
+    audio_var: tuple
+    video_mean: tuple
+    video_var: tuple
+    ridge_kernel: tuple | None = None
+    ridge_bias: tuple | None = None
+
+
+def _standardizer(mean, var, name: str) -> layers.Normalization:
+    """``layers.Normalization`` with fixed moments; a feature of (near) zero variance is only
+    centred (its variance is taken as 1), so an unseen value cannot blow up."""
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+    var = np.asarray(var, dtype=np.float64).reshape(-1)
+    if mean.shape != var.shape or not (np.isfinite(mean).all() and np.isfinite(var).all()):
+        raise ValueError(f"{name}: statistics moments must be finite and of equal length, "
+                         f"got {mean.shape} and {var.shape}")
+    var = np.where(var > 1e-12, var, 1.0)
+    return layers.Normalization(mean=mean.tolist(), variance=var.tolist(), name=name)
 
 
 def _check_statistics(mean, std, activation: str) -> tuple:
@@ -122,15 +167,18 @@ def target_statistics(targets) -> tuple:
 def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backbone: str = "vgg",
                 depth: int = 3, width: int = 32, temporal: str = "max", temporal_units: int = 64,
                 fusion_units: int = 256, dropout: float = 0.5, head: str = "linear", target_mean=None,
-                target_std=None, weights=None, name: str = "personality_model") -> keras.Model:
+                target_std=None, statistics: StatisticsInit | None = None, weights=None,
+                name: str = "personality_model") -> keras.Model:
     """Build the audio-visual personality model (uncompiled; see :func:`compile_model`).
 
     Args:
         audio_shape: one audio sample, ``(N, M, 1)`` MFCCs or ``(N, 1)`` mean MFCCs, float32.
         video_shape: one clip's frames ``(F, H, W, 3)``, float32 RGB in ``[0, 1]``.
-        audio_branch: one of ``fi_models.audio.AUDIO_BRANCHES`` (must fit ``audio_shape``).
+        audio_branch: one of ``fi_models.audio.AUDIO_BRANCHES`` (must fit ``audio_shape``),
+            or :data:`STATS` (needs ``statistics``).
         backbone, depth, width, temporal, temporal_units, weights: the visual branch, see
-            ``fi_models.visual.build_visual_branch``.
+            ``fi_models.visual.build_visual_branch``; ``backbone=STATS`` (needs
+            ``statistics``) replaces it by the frame statistics (``temporal`` unused).
         fusion_units: width of the Dense ReLU layer after the concatenation.
         dropout: rate of the Dropout after that layer and of the audio branch's Dropout.
         head: ``"linear"`` or ``"sigmoid"`` output activation.
@@ -138,6 +186,9 @@ def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backb
             each, e.g. from :func:`target_statistics`). Given together, they turn on the
             standardized-target remedy (module docstring, :class:`LabelScale`); with
             ``head="sigmoid"`` the output is ``sigmoid(logit(m) + z s / (m (1 - m)))``.
+        statistics: a :class:`StatisticsInit`: the moments of the statistics branches and,
+            optionally, the fixed ridge path (which needs ``target_mean``/``target_std``:
+            the ridge predicts standardized scores).
         name: the model's name.
 
     Returns:
@@ -149,27 +200,60 @@ def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backb
 
     Raises:
         ValueError: unknown ``head``; only one of ``target_mean``/``target_std`` given or
-            invalid statistics; any error of the branch builders.
+            invalid statistics; a statistics branch or ridge path without what it needs; any
+            error of the branch builders.
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
     if (target_mean is None) != (target_std is None):
         raise ValueError("give both target_mean and target_std (the remedy needs both) or neither")
+    if statistics is None and STATS in (audio_branch, backbone):
+        raise ValueError(f"the {STATS!r} branches need the training split's statistics moments (statistics=...)")
+    ridge = statistics is not None and statistics.ridge_kernel is not None
+    if ridge and target_mean is None:
+        raise ValueError("the ridge path predicts standardized targets: give target_mean and target_std")
     audio_in = keras.Input(tuple(audio_shape), name="audio")
     video_in = keras.Input(tuple(video_shape), name="video")
-    audio_features = build_audio_branch(audio_branch, audio_shape, dropout=dropout)(audio_in)
-    video_features = build_visual_branch(video_shape, backbone=backbone, depth=depth, width=width,
-                                         temporal=temporal, temporal_units=temporal_units,
-                                         weights=weights)(video_in)
+    if statistics is not None:
+        audio_stats = _standardizer(statistics.audio_mean, statistics.audio_var, "audio_statistics_standardized")(
+            AudioStatistics(name="audio_statistics")(audio_in))
+        video_stats = _standardizer(statistics.video_mean, statistics.video_var, "frame_statistics_standardized")(
+            FrameStatistics(name="frame_statistics")(video_in))
+    if audio_branch == STATS:
+        audio_features = audio_stats
+    else:
+        audio_features = build_audio_branch(audio_branch, audio_shape, dropout=dropout)(audio_in)
+    if backbone == STATS:
+        video_features = video_stats
+    else:
+        video_features = build_visual_branch(video_shape, backbone=backbone, depth=depth, width=width,
+                                             temporal=temporal, temporal_units=temporal_units,
+                                             weights=weights)(video_in)
     x = layers.Concatenate(name="fusion_concat")([audio_features, video_features])
     x = layers.Dense(fusion_units, activation="relu", name="fusion_dense")(x)
     x = layers.Dropout(dropout, name="fusion_dropout")(x)
     if target_mean is None:
         outputs = layers.Dense(len(TRAITS), activation=head, name=OUTPUT_NAME)(x)
-    else:
-        z = layers.Dense(len(TRAITS), name="standardized_traits")(x)
-        outputs = LabelScale(target_mean, target_std, activation=head, name=OUTPUT_NAME)(z)
-    return keras.Model([audio_in, video_in], outputs, name=name)
+        return keras.Model([audio_in, video_in], outputs, name=name)
+    # With the ridge path the learned part starts at 0: the untrained model is the ridge.
+    z = layers.Dense(len(TRAITS), name="standardized_traits",
+                     kernel_initializer="zeros" if ridge else "glorot_uniform")(x)
+    ridge_layer = None
+    if ridge:
+        both = layers.Concatenate(name="statistics_concat")([audio_stats, video_stats])
+        ridge_layer = layers.Dense(len(TRAITS), trainable=False, name="ridge_path")
+        z = layers.Add(name="ridge_plus_residual")([ridge_layer(both), z])
+    outputs = LabelScale(target_mean, target_std, activation=head, name=OUTPUT_NAME)(z)
+    model = keras.Model([audio_in, video_in], outputs, name=name)
+    if ridge_layer is not None:
+        kernel = np.asarray(statistics.ridge_kernel, dtype=np.float32)
+        bias = np.asarray(statistics.ridge_bias, dtype=np.float32).reshape(-1)
+        expected = (ridge_layer.kernel.shape[0], len(TRAITS))
+        if kernel.shape != expected or bias.shape != (len(TRAITS),):
+            raise ValueError(f"ridge kernel {kernel.shape} / bias {bias.shape}: expected {expected} and "
+                             f"({len(TRAITS)},) for these statistics")
+        ridge_layer.set_weights([kernel, bias])
+    return model
 
 
 def compile_model(model: keras.Model, *, learning_rate: float = 1e-3, loss: str = "mae",

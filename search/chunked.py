@@ -11,7 +11,7 @@ A distributed worker (``search.distributed.run_worker``) runs its trials the sam
 children inherit its ``KERASTUNER_*`` environment and ask the chief for their trials.
 
 The child is ``python -m search.chunked CACHE_DIR RUN_DIR [--max-new-trials N]
-[--time-budget-s S] [--settings JSON]``; it reads the settings from ``RUN_DIR/config.json``,
+[--deadline T] [--settings JSON]`` (``T``: the search's deadline in ``time.time()`` seconds); it reads the settings from ``RUN_DIR/config.json``,
 replaces those given in ``--settings`` (:data:`PROCESS_SETTINGS` of the parent) and exits
 with one of :data:`EXIT_CODES`.
 """
@@ -38,14 +38,15 @@ worker's may differ from the chief's: each machine has its own GPUs)."""
 _ROOT = Path(__file__).resolve().parents[1]
 
 
-def search_in_processes(cache: FeatureCache, paths, config) -> str:
+def search_in_processes(cache: FeatureCache, paths, config, *, deadline: float | None = None) -> str:
     """Run the search of ``paths.root`` (``config.json`` already written) in child processes.
 
     Args:
         cache: the opened cache (its folder is passed to the children).
         paths: the run folder's ``RunPaths``.
-        config: the settings; ``trials_per_process`` trials per child, ``time_budget_s``
-            shared by all children.
+        config: the settings; ``trials_per_process`` trials per child.
+        deadline: ``time.time()`` of the search's deadline, shared by all children (None:
+            no budget).
 
     Returns:
         ``"search_finished"`` or ``"time_budget"``.
@@ -56,7 +57,6 @@ def search_in_processes(cache: FeatureCache, paths, config) -> str:
     """
     from search.tuner import SearchFailedError
 
-    start = time.monotonic()
     codes = {code: reason for reason, code in EXIT_CODES.items()}
     print(f"[search] trials run in fresh processes of at most {config.trials_per_process} "
           "(memory stays bounded)", flush=True)
@@ -64,11 +64,10 @@ def search_in_processes(cache: FeatureCache, paths, config) -> str:
         command = [sys.executable, "-m", "search.chunked", str(Path(cache.path).resolve()),
                    str(paths.root.resolve()), "--max-new-trials", str(config.trials_per_process),
                    "--settings", json.dumps({k: getattr(config, k) for k in PROCESS_SETTINGS})]
-        if config.time_budget_s is not None:
-            left = config.time_budget_s - (time.monotonic() - start)
-            if left <= 0:
+        if deadline is not None:
+            if time.time() >= deadline:
                 return "time_budget"
-            command += ["--time-budget-s", repr(left)]
+            command += ["--deadline", repr(deadline)]
         status = subprocess.run(command, cwd=_ROOT).returncode
         reason = codes.get(status)
         if reason in ("search_finished", "time_budget"):
@@ -88,7 +87,8 @@ def main(argv=None) -> int:
     parser.add_argument("cache_dir", help="feature cache folder")
     parser.add_argument("run_dir", help="run folder holding config.json")
     parser.add_argument("--max-new-trials", type=int, default=None, help="trials to start at most")
-    parser.add_argument("--time-budget-s", type=float, default=None, help="seconds before no new trial starts")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="time.time() after which no trial starts and the running one stops after its epoch")
     parser.add_argument("--settings", type=json.loads, default={},
                         help=f"JSON object of settings replacing config.json's (keys: {', '.join(PROCESS_SETTINGS)})")
     args = parser.parse_args(argv)
@@ -102,11 +102,13 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.settings) - set(PROCESS_SETTINGS))
     if unknown:
         parser.error(f"--settings: {unknown} are not among {PROCESS_SETTINGS}")
-    config = dataclasses.replace(SearchConfig.load(paths.config), time_budget_s=args.time_budget_s, **args.settings)
+    config = SearchConfig.load(paths.config)
+    left = None if args.deadline is None else max(args.deadline - time.time(), 1e-3)
+    config = dataclasses.replace(config, time_budget_s=left, **args.settings)
     cache = open_cache(args.cache_dir)
     try:
         _, stopped_by = search_in_process(make_hypermodel(cache, config), paths, config,
-                                          max_new_trials=args.max_new_trials)
+                                          max_new_trials=args.max_new_trials, deadline=args.deadline)
     except SearchFailedError as e:
         print(f"[search] {e}", file=sys.stderr, flush=True)
         return EXIT_CODES["search_failed"]

@@ -47,8 +47,13 @@ class SearchConfig:
         seed: seeds the oracle, Keras (``keras.utils.set_random_seed`` before each trial and
             before retraining) and the input pipeline's shuffling and augmentation, so a run
             repeats exactly on a CPU (GPU kernels may differ in float rounding).
-        time_budget_s: seconds after which no new trial starts (``None``: no budget). Counted
-            from the start of this invocation's search; the running trial finishes.
+        time_budget_s: the search's deadline, in seconds from the start of this invocation's
+            search (``None``: no budget): no trial starts after it, and a running trial stops
+            at the end of its current epoch (recorded with the epochs it had).
+        plan_epochs: with a time budget, let the search plan ``max_epochs`` (and
+            ``hyperband_iterations`` / ``max_trials``) from measured epoch costs
+            (``search.planner``) when a new search starts; False keeps the given values
+            (a plan that cannot fit then gets a warning).
         batch_sizes: the batch sizes the search chooses from (the first is the default).
         eval_batch_size: batch size for predictions when scoring.
         crop_size: side of the square frame crop fed to the model, in pixels.
@@ -91,6 +96,7 @@ class SearchConfig:
     executions_per_trial: int = 1
     seed: int = 0
     time_budget_s: float | None = None
+    plan_epochs: bool = False
     batch_sizes: tuple = (32, 16, 64)
     eval_batch_size: int = 64
     crop_size: int = 128
@@ -130,7 +136,7 @@ class SearchConfig:
             problems.append(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience!r}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             problems.append(f"batch_sizes must be positive integers, got {self.batch_sizes!r}")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
+        if self.time_budget_s is not None and not (0 < self.time_budget_s < float("inf")):
             problems.append(f"time_budget_s must be > 0 seconds or None, got {self.time_budget_s!r}")
         if self.retrain_epochs is not None and self.retrain_epochs < 1:
             problems.append(f"retrain_epochs must be >= 1 or None, got {self.retrain_epochs!r}")

@@ -6,21 +6,29 @@
 validation splits with the tuned batch size and forwards ``**kwargs`` (the tuner's
 callbacks, epochs) to ``model.fit``. The test split is never opened here.
 
-The search space (:data:`HYPERPARAMETERS`; defaults make the assignment's model)::
+The search space (:data:`HYPERPARAMETERS`). The defaults (the first trial) are the choices
+that learn fastest from little data: statistics branches with the ridge path, which start at
+the clip-statistics ridge baseline and need no convolution; the assignment's reference
+branches (conv2d / BLSTM / Conv1D audio, VGG + max / LSTM frames) stay in the space::
 
-    audio_branch         blstm | conv1d | conv2d (MFCC matrix (N, M, 1)), or mean_dense
-                         (mean MFCCs (N, 1)): only the branches that fit the cached audio
-    backbone             vgg (| resnet50 with allow_resnet)
+    audio_branch         stats (clip statistics, ``fi_models.statistics``; default), blstm |
+                         conv1d | conv2d (MFCC matrix (N, M, 1)), or mean_dense (mean MFCCs
+                         (N, 1)): only the branches that fit the cached audio
+    backbone             stats (frame statistics; default) | vgg (| resnet50 with allow_resnet)
       vgg_depth          1..min(5, log2(crop))   only when backbone == vgg   (default 3)
       vgg_width          16 | 32 | 64            only when backbone == vgg   (default 32)
-    temporal             max | lstm | gru                                    (default max)
-      temporal_units     32 | 64 | 128           only when temporal != max  (default 64)
+      temporal           max | lstm | gru        only when backbone != stats (default max)
+        temporal_units   32 | 64 | 128           only when temporal != max  (default 64)
     fusion_units         64 | 128 | 256 | 512    dense width after fusion    (default 256)
     dropout              0.0 .. 0.6, step 0.1                                (default 0.5)
     head                 linear | sigmoid                                    (default linear)
     standardize_targets  True | False: the regression-to-the-mean remedy: the network learns
                          targets standardized with the TRAINING split's per-trait mean/SD
                          (``fi_models.fusion.LabelScale``)                   (default True)
+      ridge_path         True | False, only with standardized targets: a fixed linear path
+                         from the clip statistics, the closed-form ridge of the training
+                         split (``search.baselines.statistics_init``); the rest of the
+                         network starts at 0 and learns a residual    (default True)
     loss                 mae | mse | ccc_mae (``fi_models.losses``)          (default mae)
     learning_rate        1e-4 .. 1e-2, log scale (Adam)                      (default 1e-3)
     batch_size           SearchConfig.batch_sizes                            (default first)
@@ -28,6 +36,7 @@ The search space (:data:`HYPERPARAMETERS`; defaults make the assignment's model)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -38,7 +47,7 @@ import tensorflow as tf
 from fi_data.cache_format import FeatureCache
 from fi_data.pipeline import make_dataset
 from fi_models.audio import compatible_audio_branches
-from fi_models.fusion import HEADS, build_model, compile_model, target_statistics
+from fi_models.fusion import HEADS, STATS, build_model, compile_model, target_statistics
 from fi_models.losses import LOSSES
 from fi_models.visual import BACKBONES, TEMPORAL_CHOICES
 
@@ -49,12 +58,12 @@ from fi_models.visual import BACKBONES, TEMPORAL_CHOICES
 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer", category=UserWarning)
 
 HYPERPARAMETERS = ("audio_branch", "backbone", "vgg_depth", "vgg_width", "temporal", "temporal_units",
-                   "fusion_units", "dropout", "head", "standardize_targets", "loss", "learning_rate",
-                   "batch_size")
+                   "fusion_units", "dropout", "head", "standardize_targets", "ridge_path", "loss",
+                   "learning_rate", "batch_size")
 """Names of every hyperparameter the HyperModel declares (keys of ``fixed``)."""
 
-DEFAULT_AUDIO_BRANCH = "conv2d"
-"""Preferred default audio branch when it fits the cached audio (the CPU-friendly one)."""
+DEFAULT_AUDIO_BRANCH = STATS
+"""Default audio branch: the clip statistics (they fit every cached audio shape)."""
 
 
 class PersonalityHyperModel(kt.HyperModel):
@@ -111,8 +120,10 @@ class PersonalityHyperModel(kt.HyperModel):
         if not self.audio_branches:
             raise ValueError(f"{cache.path}: cached audio of shape {self.audio_shape} fits no audio branch; "
                              "expected (N, M, 1) MFCCs or (N, 1) mean MFCCs")
+        self.audio_branches = (STATS, *self.audio_branches)
         self.max_vgg_depth = max(1, min(5, int(math.log2(self.crop_size))))
         self._target_stats = None
+        self._statistics = None
 
     @property
     def target_stats(self) -> tuple:
@@ -120,6 +131,16 @@ class PersonalityHyperModel(kt.HyperModel):
         if self._target_stats is None:
             self._target_stats = target_statistics(np.asarray(self.cache.split("train").targets))
         return self._target_stats
+
+    @property
+    def statistics(self):
+        """The ``fi_models.fusion.StatisticsInit`` of the TRAINING split (computed once, seconds)."""
+        if self._statistics is None:
+            from search.baselines import statistics_init
+
+            mean, std = self.target_stats
+            self._statistics = statistics_init(self.cache.split("train"), mean, std, crop_size=self.crop_size)
+        return self._statistics
 
     def _declare(self, hp: kt.HyperParameters, name: str, declare):
         """``hp.Fixed(name, value)`` when ``name`` is fixed, ``hp.Choice`` over the given
@@ -140,26 +161,29 @@ class PersonalityHyperModel(kt.HyperModel):
         d = self._declare
         branches = self.audio_branches
         default_branch = DEFAULT_AUDIO_BRANCH if DEFAULT_AUDIO_BRANCH in branches else branches[0]
-        backbones = BACKBONES if self.allow_resnet else ("vgg",)
+        backbones = (STATS, *(BACKBONES if self.allow_resnet else ("vgg",)))
         v = {
             "audio_branch": d(hp, "audio_branch", lambda: hp.Choice("audio_branch", list(branches),
                                                                     default=default_branch)),
-            "backbone": d(hp, "backbone", lambda: hp.Choice("backbone", list(backbones), default="vgg")),
+            "backbone": d(hp, "backbone", lambda: hp.Choice("backbone", list(backbones), default=STATS)),
         }
         with hp.conditional_scope("backbone", ["vgg"]):
             v["vgg_depth"] = d(hp, "vgg_depth", lambda: hp.Int("vgg_depth", 1, self.max_vgg_depth,
                                                                default=min(3, self.max_vgg_depth)))
             v["vgg_width"] = d(hp, "vgg_width", lambda: hp.Choice("vgg_width", [16, 32, 64], default=32))
-        v["temporal"] = d(hp, "temporal", lambda: hp.Choice("temporal", list(TEMPORAL_CHOICES), default="max"))
-        with hp.conditional_scope("temporal", [t for t in TEMPORAL_CHOICES if t != "max"]):
-            v["temporal_units"] = d(hp, "temporal_units",
-                                    lambda: hp.Choice("temporal_units", [32, 64, 128], default=64))
+        with hp.conditional_scope("backbone", [b for b in BACKBONES]):
+            v["temporal"] = d(hp, "temporal", lambda: hp.Choice("temporal", list(TEMPORAL_CHOICES), default="max"))
+            with hp.conditional_scope("temporal", [t for t in TEMPORAL_CHOICES if t != "max"]):
+                v["temporal_units"] = d(hp, "temporal_units",
+                                        lambda: hp.Choice("temporal_units", [32, 64, 128], default=64))
         v["fusion_units"] = d(hp, "fusion_units", lambda: hp.Choice("fusion_units", [64, 128, 256, 512],
                                                                     default=256))
         v["dropout"] = d(hp, "dropout", lambda: hp.Float("dropout", 0.0, 0.6, step=0.1, default=0.5))
         v["head"] = d(hp, "head", lambda: hp.Choice("head", list(HEADS), default="linear"))
         v["standardize_targets"] = d(hp, "standardize_targets",
                                      lambda: hp.Boolean("standardize_targets", default=True))
+        with hp.conditional_scope("standardize_targets", [True]):
+            v["ridge_path"] = d(hp, "ridge_path", lambda: hp.Boolean("ridge_path", default=True))
         v["loss"] = d(hp, "loss", lambda: hp.Choice("loss", list(LOSSES), default="mae"))
         v["learning_rate"] = d(hp, "learning_rate", lambda: hp.Float("learning_rate", 1e-4, 1e-2,
                                                                      sampling="log", default=1e-3))
@@ -180,12 +204,18 @@ class PersonalityHyperModel(kt.HyperModel):
         """
         v = self.declare(hp)
         visual = {"depth": v["vgg_depth"], "width": v["vgg_width"]} if v["backbone"] == "vgg" else {}
-        if "temporal_units" in v:
-            visual["temporal_units"] = v["temporal_units"]
+        for key in ("temporal", "temporal_units"):
+            if key in v:
+                visual[key] = v[key]
         mean, std = self.target_stats if v["standardize_targets"] else (None, None)
+        statistics = None
+        if STATS in (v["audio_branch"], v["backbone"]) or v.get("ridge_path"):
+            statistics = self.statistics
+            if not v.get("ridge_path"):
+                statistics = dataclasses.replace(statistics, ridge_kernel=None, ridge_bias=None)
         model = build_model(self.audio_shape, self.video_shape, audio_branch=v["audio_branch"],
-                            backbone=v["backbone"], temporal=v["temporal"], fusion_units=v["fusion_units"],
-                            dropout=v["dropout"], head=v["head"], target_mean=mean, target_std=std, **visual)
+                            backbone=v["backbone"], fusion_units=v["fusion_units"], dropout=v["dropout"],
+                            head=v["head"], target_mean=mean, target_std=std, statistics=statistics, **visual)
         return compile_model(model, learning_rate=v["learning_rate"], loss=v["loss"])
 
     def datasets(self, batch_size: int, *, train_splits=("train",), validation: bool = True) -> tuple:

@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from fi_data.traits import SPLITS, TRAITS
 from fi_models.metrics import ONE_MINUS_MAE
 from search.runs import RunPaths
+from search.verdict import verdict_lines
 
 PLOTS = {"curves": "retrain_curves.png", "baseline": "test_vs_baseline.png",
          "scatter": "test_predicted_vs_true.png", "trials": "trial_scores.png"}
@@ -49,16 +50,18 @@ def plot_curves(history: pd.DataFrame, path: Path, best_epoch: int | None = None
 
 
 def plot_test_vs_baseline(scores: dict, path: Path) -> None:
-    """Per-trait and mean test 1-MAE of the model beside the training-mean baseline."""
+    """Per-trait and mean test 1-MAE of the model beside the mean predictor and the ridge."""
     names = [*TRAITS, "mean"]
-    model = [scores[n]["one_minus_mae"] for n in names]
-    baseline = [scores[n]["baseline_one_minus_mae"] for n in names]
+    bars = {"model": "one_minus_mae", "mean predictor": "baseline_one_minus_mae",
+            "clip-statistics ridge": "ridge_one_minus_mae"}
+    bars = {label: [scores[n][key] for n in names] for label, key in bars.items() if key in scores["mean"]}
     x = np.arange(len(names))
+    width = 0.8 / len(bars)
     fig = Figure(figsize=(9, 4))
     ax = fig.subplots()
-    ax.bar(x - 0.2, model, 0.4, label="model")
-    ax.bar(x + 0.2, baseline, 0.4, label="training-mean baseline")
-    low = min(model + baseline)
+    for i, (label, values) in enumerate(bars.items()):
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, values, width, label=label)
+    low = min(v for values in bars.values() for v in values)
     ax.set(xticks=x, xticklabels=names, ylabel="test 1-MAE", ylim=(max(0.0, low - 0.05), 1.0),
            title="test 1-MAE per trait")
     ax.legend()
@@ -132,20 +135,31 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         plot_trial_scores(trials, plots["trials"])
 
     test = scores["test"]["mean"]
+    has_ridge = "ridge_one_minus_mae" in test
     out = [f"# Personality search report: `{paths.root.name}`", "",
+           *(f"**{line}**" if line.startswith("WARNING") else line for line in verdict_lines(metrics)), "",
            f"Test 1-MAE **{test['one_minus_mae']:.4f}** (mean of the five traits) against "
-           f"**{test['baseline_one_minus_mae']:.4f}** for the baseline ({metrics['baseline']}); "
-           f"test R² {test['r2']:.4f}, prediction spread {test['spread']:.2f} "
+           f"**{test['baseline_one_minus_mae']:.4f}** for the mean predictor ({metrics['baseline']})"
+           + (f" and **{test['ridge_one_minus_mae']:.4f}** for the clip-statistics ridge" if has_ridge else "")
+           + f"; test R² {test['r2']:.4f}, prediction spread {test['spread']:.2f} "
            "(SD of predictions / SD of labels; 1 = the labels' spread, 0 = a constant).", ""]
-    columns = ("one_minus_mae", "baseline_one_minus_mae", "r2", "spread")
+    if has_ridge:
+        ridge = metrics.get("ridge", {})
+        out += [f"The clip-statistics ridge: {ridge.get('description', '')}; chosen variant "
+                f"`{ridge.get('variant')}` (validation 1-MAE per variant: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in ridge.get("validation_one_minus_mae", {}).items()) + ").", ""]
+    columns = ("one_minus_mae", "baseline_one_minus_mae", *(("ridge_one_minus_mae",) if has_ridge else ()),
+               "r2", "baseline_r2", *(("ridge_r2",) if has_ridge else ()), "spread")
+    header = ["1-MAE", "mean 1-MAE", *(["ridge 1-MAE"] if has_ridge else []), "R²", "mean R²",
+              *(["ridge R²"] if has_ridge else []), "spread"]
     out += ["## Scores", "",
             _markdown_table([[s, scores[s]["n"], *(scores[s]["mean"][c] for c in columns)] for s in SPLITS],
-                            ["split", "clips", "1-MAE", "baseline 1-MAE", "R²", "spread"]), "",
+                            ["split", "clips", *header]), "",
             *(["The model was trained on the validation split too, so its validation scores are not "
                "held out.", ""] if "validation" in metrics["trained_on"] else []),
             "Test, per trait:", "",
             _markdown_table([[t, *(scores["test"][t][c] for c in columns)] for t in [*TRAITS, "mean"]],
-                            ["trait", "1-MAE", "baseline 1-MAE", "R²", "spread"]), "",
+                            ["trait", *header]), "",
             f"![test 1-MAE against the baseline](plots/{PLOTS['baseline']})", "",
             f"![test predictions against labels](plots/{PLOTS['scatter']})", ""]
     hp_rows = [[k, v] for k, v in metrics["hyperparameters"].items()]
@@ -153,7 +167,10 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     out += ["## Retrained model", "",
             f"Trained on {' + '.join(metrics['trained_on'])} for {metrics['epochs_trained']} of "
             f"{metrics['epochs']} epochs" + (f", best validation epoch {metrics['best_epoch']} (weights restored)"
-                                             if metrics.get("best_epoch") else "") + ". "
+                                             if metrics.get("best_epoch") else
+                                             ", no epoch beat the untrained weights (kept)"
+                                             if metrics.get("best_epoch") == 0 else "")
+            + (f" in {metrics['retrain_wall_s']:.0f} s" if metrics.get("retrain_wall_s") is not None else "") + ". "
             f"Model: `{metrics['model']}`; its input preprocessing: `{metrics['preprocessing']}`.", "",
             _markdown_table(hp_rows, ["hyperparameter", "value"]), "",
             f"![retraining curves](plots/{PLOTS['curves']})", ""]

@@ -57,12 +57,13 @@ class RunPaths:
     metrics = property(lambda self: self.root / "metrics.json")
     report = property(lambda self: self.root / "report.md")
     plots = property(lambda self: self.root / "plots")
+    search_summary = property(lambda self: self.root / "search.json")
 
     def outputs(self) -> tuple:
         """Every file and folder this toolkit writes in the run folder (what overwrite deletes)."""
         return (self.config, self.project_dir, self.tensorboard, self.trials_csv, self.best_hyperparameters,
                 self.best_model, self.preprocessing, self.history, self.predictions, self.metrics,
-                self.report, self.plots)
+                self.report, self.plots, self.search_summary)
 
 
 def cache_identity(cache: FeatureCache) -> dict:

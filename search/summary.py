@@ -13,12 +13,13 @@ import pandas as pd
 
 from fi_data.traits import TRAITS
 from search.runs import RunPaths
+from search.verdict import verdict_lines
 
 
 def scores_table(metrics: dict, split: str = "test") -> pd.DataFrame:
     """One split's scores as a table: rows ``TRAITS`` + ``"mean"``; columns 1-MAE, R² and
     prediction spread of the model, and 1-MAE and R² of the mean predictor (the training
-    split's mean labels).
+    split's mean labels) and of the clip-statistics ridge (``search.baselines``).
 
     Raises:
         KeyError: if ``metrics`` has no scores for ``split``.
@@ -26,8 +27,10 @@ def scores_table(metrics: dict, split: str = "test") -> pd.DataFrame:
     scores = metrics["scores"][split]
     rows = {name: scores[name] for name in (*TRAITS, "mean")}
     table = pd.DataFrame.from_dict(rows, orient="index")
-    columns = {"one_minus_mae": "1-MAE", "baseline_one_minus_mae": "baseline 1-MAE",
-               "r2": "R²", "baseline_r2": "baseline R²", "spread": "spread"}
+    columns = {"one_minus_mae": "1-MAE", "baseline_one_minus_mae": "mean 1-MAE",
+               "ridge_one_minus_mae": "ridge 1-MAE", "r2": "R²", "baseline_r2": "mean R²",
+               "ridge_r2": "ridge R²", "spread": "spread"}
+    columns = {k: v for k, v in columns.items() if k in table}  # runs older than the ridge baseline
     return table[list(columns)].rename(columns=columns).astype(float)
 
 
@@ -39,8 +42,8 @@ def format_summary(metrics: dict, run_dir: str | os.PathLike) -> str:
         run_dir: the run folder (for the paths listed).
 
     Returns:
-        Multi-line text: test 1-MAE and R² per trait and on average beside the mean
-        baseline, validation mean 1-MAE, the best hyperparameters, and where the outputs are.
+        Multi-line text: the verdict (``search.verdict``), test 1-MAE and R² per trait and on
+        average beside the mean predictor and the ridge, validation mean 1-MAE, the best hyperparameters, and where the outputs are.
     """
     paths = RunPaths(Path(run_dir))
     test = scores_table(metrics, "test")
@@ -48,11 +51,16 @@ def format_summary(metrics: dict, run_dir: str | os.PathLike) -> str:
     n_test = metrics["scores"]["test"].get("n")
     lines = [
         "",
-        f"Test split ({n_test} clips): the retrained best model beside the mean predictor",
+        *verdict_lines(metrics),
+        "",
+        f"Test split ({n_test} clips): the retrained best model beside the mean predictor and the "
+        "clip-statistics ridge",
         test.to_string(float_format=lambda v: f"{v:.4f}"),
         "",
-        f"Validation mean 1-MAE {val_mean['one_minus_mae']:.4f} (mean baseline "
-        f"{val_mean['baseline_one_minus_mae']:.4f}); spread = SD(predictions) / SD(labels), "
+        f"Validation mean 1-MAE {val_mean['one_minus_mae']:.4f} (mean predictor "
+        f"{val_mean['baseline_one_minus_mae']:.4f}"
+        + (f", ridge {val_mean['ridge_one_minus_mae']:.4f}" if "ridge_one_minus_mae" in val_mean else "")
+        + "); spread = SD(predictions) / SD(labels), "
         "near 0 means regression to the mean.",
         "Best hyperparameters: " + ", ".join(f"{k}={v}" for k, v in sorted(metrics["hyperparameters"].items())),
         "",

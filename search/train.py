@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -24,11 +25,37 @@ from fi_data.traits import SPLITS, TRAITS
 from fi_models.metrics import score_predictions
 from search.config import SearchConfig
 from search.hypermodel import HYPERPARAMETERS, PersonalityHyperModel
+from search.baselines import ridge_baseline
 from search.runs import BestHyperparameters, RunPaths, cache_identity, load_best_hyperparameters
 from search.tensorboard_logs import hparams_callback
 from search.tuner import OBJECTIVE, make_hypermodel
 
 BASELINE = "the TRAINING split's mean label per trait, predicted for every clip"
+
+BASELINE_NAMES = {"baseline": "mean predictor", "ridge": "clip-statistics ridge"}
+"""Column prefix of each baseline in ``metrics.json`` scores -> its name in words."""
+
+
+class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
+    """``EarlyStopping(restore_best_weights=True)`` that counts the untrained weights as epoch 0.
+
+    Before the first epoch it scores the model on ``validation_data``; when no epoch beats
+    that score the initial weights are restored (``best_epoch`` -1). A model with the ridge
+    path starts as the clip-statistics ridge, so its retraining can then never end below it
+    on validation.
+    """
+
+    def __init__(self, validation_data, **kwargs):
+        super().__init__(restore_best_weights=True, **kwargs)
+        self.validation_data = validation_data
+        self.initial_score = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        logs = self.model.evaluate(self.validation_data, verbose=0, return_dict=True)
+        self.initial_score = float(logs[self.monitor.removeprefix("val_")])
+        self.best, self.best_epoch = self.initial_score, -1
+        self.best_weights = self.model.get_weights()
 
 
 def _as_best(hyperparameters) -> BestHyperparameters:
@@ -118,15 +145,20 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
 
     Training: on ``train`` for ``config.retrain_epochs`` (default ``max_epochs``) epochs with
     ``EarlyStopping`` on validation 1-MAE (patience ``early_stopping_patience``; the best
-    epoch's weights are restored); or, with ``train_on_train_plus_val``, on train +
+    epoch's weights are restored, the untrained weights counting as epoch 0:
+    :class:`EarlyStoppingFromStart`); or, with ``train_on_train_plus_val``, on train +
     validation for the best trial's best epoch count when known (else ``retrain_epochs``),
     without early stopping. The test split is opened only after training and saving.
 
     Returns:
         The ``metrics.json`` content: ``scores[split][trait or "mean"]`` holds
-        ``one_minus_mae, r2, spread, baseline_one_minus_mae, baseline_r2`` (NaN written as
-        null), plus ``hyperparameters``, ``trained_on``, ``epochs_trained``, ``best_epoch``,
-        ``baseline_mean`` and the file names of the model and its preprocessing record.
+        ``one_minus_mae, r2, spread, baseline_one_minus_mae, baseline_r2`` (mean predictor)
+        and ``ridge_one_minus_mae, ridge_r2`` (the clip-statistics ridge,
+        ``search.baselines.ridge_baseline``; NaN written as null), plus ``hyperparameters``,
+        ``trained_on``, ``epochs_trained``, ``best_epoch`` (0: no epoch beat the untrained
+        weights), ``retrain_wall_s``, ``baseline_mean``, ``ridge`` (variant, alphas,
+        validation score of each variant) and the file names of the model and its
+        preprocessing record. ``predictions.csv`` holds the ridge's predictions too.
 
     Raises:
         FileNotFoundError / ValueError: unreadable hyperparameters (see
@@ -163,14 +195,16 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
         epochs = config.retrain_epochs or config.max_epochs
         train_ds, val_ds = hypermodel.datasets(batch_size)
         # patience 0 (no early stopping) still restores the best epoch's weights.
-        stopper = keras.callbacks.EarlyStopping(monitor=OBJECTIVE.name, mode="max", restore_best_weights=True,
-                                                patience=config.early_stopping_patience or epochs)
+        stopper = EarlyStoppingFromStart(val_ds, monitor=OBJECTIVE.name, mode="max",
+                                         patience=config.early_stopping_patience or epochs)
         callbacks.append(stopper)
+    started = time.monotonic()
     try:
         history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
                             verbose=config.verbose, shuffle=False)
     except RuntimeError as e:
         raise RuntimeError(f"retraining {resolved} failed: {e}") from e
+    retrain_wall_s = time.monotonic() - started
     _save_model(model, paths.best_model)
     write_json_atomic(paths.preprocessing, preprocessing_record(cache, hypermodel))
     hist = pd.DataFrame(history.history)
@@ -178,16 +212,21 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
     hist.to_csv(paths.history, index=False)
 
     baseline_mean, _ = hypermodel.target_stats
+    ridge = ridge_baseline(cache)  # fitted on train, variant chosen on validation
     scores, predictions = {}, []
     for split in SPLITS:  # "test" last: it is opened only now, after training and saving.
         clip_ids, y_true, y_pred = predict_split(model, cache, split, crop_size=hypermodel.crop_size,
                                                  batch_size=config.eval_batch_size)
         table = score_predictions(y_true, y_pred, baseline_mean)
+        ridge_table = score_predictions(y_true, ridge["predictions"][split], baseline_mean)
+        for column in ("one_minus_mae", "r2"):
+            table[f"ridge_{column}"] = ridge_table[column]
         scores[split] = {"n": len(clip_ids), **table.to_dict(orient="index")}
         frame = pd.DataFrame({"split": split, "clip_id": list(clip_ids)})
         for i, trait in enumerate(TRAITS):
             frame[f"true_{trait}"] = y_true[:, i]
             frame[f"pred_{trait}"] = y_pred[:, i]
+            frame[f"ridge_{trait}"] = ridge["predictions"][split][:, i]
         predictions.append(frame)
     pd.concat(predictions, ignore_index=True).to_csv(paths.predictions, index=False)
 
@@ -201,7 +240,11 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
         "epochs": epochs,
         "epochs_trained": len(history.epoch),
         "best_epoch": stopper.best_epoch + 1 if stopper is not None else None,
+        "initial_validation_score": stopper.initial_score if stopper is not None else None,
+        "retrain_wall_s": round(retrain_wall_s, 1),
         "baseline": BASELINE,
+        "baselines": BASELINE_NAMES,
+        "ridge": {k: v for k, v in ridge.items() if k != "predictions"},
         "baseline_mean": dict(zip(TRAITS, baseline_mean.tolist())),
         "scores": scores,
     })

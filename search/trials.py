@@ -20,8 +20,8 @@ TRIAL_INFO_NAME = "fi_trial.json"
 LEADING = ("trial_id", "status")
 """First columns of ``trials.csv``; the hyperparameter columns follow them."""
 
-TRAILING = ("score", "best_epoch", "epochs_trained", "wall_time_s", "peak_rss_mb", "peak_gpu_mb",
-            "failure_message")
+TRAILING = ("score", "best_epoch", "epochs_trained", "stopped_at_deadline", "wall_time_s", "peak_rss_mb",
+            "peak_gpu_mb", "failure_message")
 """Last columns of ``trials.csv``, after the hyperparameter columns."""
 
 
@@ -60,7 +60,9 @@ def trials_table(trials, project_dir: str | os.PathLike) -> pd.DataFrame:
         Columns ``trial_id, status``, every hyperparameter seen in any trial (Hyperband's
         ``tuner/*`` values included), then ``score`` (validation objective), ``best_epoch``,
         ``epochs_trained`` (epochs the trial's model has been trained, including a
-        Hyperband parent's), ``wall_time_s``, ``peak_rss_mb`` and ``peak_gpu_mb`` (MiB, see
+        Hyperband parent's), ``stopped_at_deadline`` (True: the time budget ran out while
+        it trained; it was stopped at the end of an epoch and scored on its best epoch so
+        far), ``wall_time_s``, ``peak_rss_mb`` and ``peak_gpu_mb`` (MiB, see
         ``search.memory``), ``failure_message`` (the exception line; the full traceback is
         in the trial's ``trial.json``). Empty cells where a value does not apply.
     """
@@ -72,7 +74,8 @@ def trials_table(trials, project_dir: str | os.PathLike) -> pd.DataFrame:
         hp_names.update(dict.fromkeys(values))
         rows.append({"trial_id": str(trial.trial_id), "status": trial.status, **values,
                      "score": trial.score, "best_epoch": best_epoch(trial),
-                     "epochs_trained": info.get("epochs_trained"), "wall_time_s": info.get("wall_time_s"),
+                     "epochs_trained": info.get("epochs_trained"),
+                     "stopped_at_deadline": info.get("stopped_at_deadline"), "wall_time_s": info.get("wall_time_s"),
                      "peak_rss_mb": info.get("peak_rss_mb"), "peak_gpu_mb": info.get("peak_gpu_mb"),
                      "failure_message": failure_summary(trial.message)})
     model_hps = [n for n in hp_names if not n.startswith("tuner/")]

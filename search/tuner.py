@@ -13,8 +13,12 @@ Keras Tuner does most of the work; this module adds what it lacks, each at one o
   failure. Its own ``max_consecutive_failed_trials`` raises *before* saving the last trial
   (it would be lost), so it is turned off and :class:`SearchFailedError` is raised from
   ``on_trial_end`` after the trial is saved.
-- A time budget (:class:`TimeBudgetSpent` from ``pre_create_trial``): no new trial starts
-  once spent; the search's best so far is still returned.
+- A time budget is a deadline (wall-clock ``time.time()``, shared by every process of the
+  search): no new trial starts after it (:class:`TimeBudgetSpent` from ``pre_create_trial``),
+  a running trial stops at the end of its current epoch (:class:`DeadlineStop`) and is
+  recorded with the epochs it had (``stopped_at_deadline`` in ``trials.csv``); the search's
+  best so far is still returned. Before a new search with a budget, ``search.planner``
+  measures epoch costs and plans ``max_epochs`` so that a full Hyperband bracket fits.
 - Resume: Keras Tuner reloads ``oracle.json`` and the trials and re-runs the trial that was
   running when the process died (``Oracle.reload`` queues it for retry). The oracle's files
   are written atomically here, so a kill during a save cannot corrupt them; a trial whose
@@ -39,6 +43,7 @@ import os
 import shutil
 import time
 import zlib
+from pathlib import Path
 
 import keras
 import keras_tuner as kt
@@ -70,6 +75,23 @@ Hyperband round waiting for other workers' results); Keras Tuner itself asks in 
 
 class TimeBudgetSpent(Exception):
     """Raised by the tuner before a new trial once the time budget is spent."""
+
+
+class DeadlineStop(keras.callbacks.Callback):
+    """Stop training at the end of the epoch during which the wall clock passed ``deadline``.
+
+    Args:
+        deadline: ``time.time()`` seconds (a wall clock, so that the chunked child
+            processes of one search share it).
+    """
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = float(deadline)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.time() >= self.deadline:
+            self.model.stop_training = True
 
 
 class TrialLimitReached(Exception):
@@ -110,12 +132,12 @@ class _SearchTunerMixin:
     """Tuner mixin: seeding, bookkeeping and stopping rules (see the module docstring)."""
 
     def __init__(self, oracle, hypermodel, *, fi_config: SearchConfig, fi_paths: RunPaths,
-                 max_new_trials: int | None = None, **kwargs):
+                 max_new_trials: int | None = None, deadline: float | None = None, **kwargs):
         self.fi_config = fi_config
         self.fi_paths = fi_paths
         self.max_new_trials = max_new_trials
+        self.deadline = deadline
         self._trials_started = 0
-        self._search_start = None
         self._trial_start = {}
         self._epochs_trained = {}
         self._awaiting_trial = False
@@ -156,15 +178,17 @@ class _SearchTunerMixin:
                 self.oracle._save_trial(trial)
 
     def time_left(self) -> float | None:
-        """Seconds left in the time budget of this invocation's search (None: no budget)."""
-        if self.fi_config.time_budget_s is None:
-            return None
-        elapsed = 0.0 if self._search_start is None else time.monotonic() - self._search_start
-        return self.fi_config.time_budget_s - elapsed
+        """Seconds left before the deadline (None: no budget)."""
+        if self.deadline is None:
+            if self.fi_config.time_budget_s is None:
+                return None
+            return self.fi_config.time_budget_s
+        return self.deadline - time.time()
 
     def on_search_begin(self):
         super().on_search_begin()
-        self._search_start = time.monotonic()
+        if self.deadline is None and self.fi_config.time_budget_s is not None:
+            self.deadline = time.time() + self.fi_config.time_budget_s
 
     def pre_create_trial(self):
         super().pre_create_trial()
@@ -172,10 +196,17 @@ class _SearchTunerMixin:
             time.sleep(IDLE_WAIT_S)
         self._awaiting_trial = True
         left = self.time_left()
-        if left is not None and left <= 0:
+        # The first trial always starts (stopping after its first epoch when the budget is
+        # already spent), so that even a tiny budget leaves a model to retrain.
+        if left is not None and left <= 0 and self._any_completed():
             raise TimeBudgetSpent("time budget spent")
         if self.max_new_trials is not None and self._trials_started >= self.max_new_trials:
             raise TrialLimitReached(f"{self._trials_started} trials started in this process")
+
+    def _any_completed(self) -> bool:
+        if self._is_worker():  # the chief decides; a worker only stops at its deadline
+            return True
+        return any(t.status == TrialStatus.COMPLETED for t in self.oracle.trials.values())
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
@@ -189,17 +220,24 @@ class _SearchTunerMixin:
         self._trials_started += 1
 
     def run_trial(self, trial, *args, **kwargs):
+        if self.deadline is not None:
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), DeadlineStop(self.deadline)]
         histories = super().run_trial(trial, *args, **kwargs)
-        initial = int(trial.hyperparameters.values.get("tuner/initial_epoch", 0))
-        self._epochs_trained[trial.trial_id] = initial + max(len(h.epoch) for h in histories)
+        values = trial.hyperparameters.values
+        initial = int(values.get("tuner/initial_epoch", 0))
+        trained = initial + max(len(h.epoch) for h in histories)
+        planned = int(values.get("tuner/epochs", kwargs.get("epochs") or trained))
+        self._epochs_trained[trial.trial_id] = (
+            trained, bool(self.deadline is not None and time.time() >= self.deadline and trained < planned))
         return histories
 
     def on_trial_end(self, trial):
         self.running_trial_id = None
+        trained, at_deadline = self._epochs_trained.pop(trial.trial_id, (None, False))
         info = {"wall_time_s": round(time.monotonic() - self._trial_start.pop(trial.trial_id), 3),
                 "peak_rss_mb": round(memory.peak_rss_mb(), 1),
                 "peak_gpu_mb": memory.peak_gpu_mb(),
-                "epochs_trained": self._epochs_trained.pop(trial.trial_id, None)}
+                "epochs_trained": trained, "stopped_at_deadline": at_deadline}
         # Written before the oracle records the end, so that a distributed chief finds it.
         write_json_atomic(trial_info_path(self.fi_paths.project_dir, trial.trial_id), info)
         super().on_trial_end(trial)  # oracle.end_trial (status, score) and save
@@ -217,8 +255,9 @@ class _SearchTunerMixin:
         parts = [f"[search] trial {trial.trial_id} {trial.status}: {score}",
                  f"best {best.score:.4f} (trial {best.trial_id})" if best else "best: none yet"]
         if info:
-            parts.append(f"{info['epochs_trained'] or 0} epochs, {info['wall_time_s']:.1f} s, "
-                         f"peak {info['peak_rss_mb']:.0f} MiB")
+            parts.append(f"{info['epochs_trained'] or 0} epochs"
+                         + (" (stopped at the deadline)" if info.get("stopped_at_deadline") else "")
+                         + f", {info['wall_time_s']:.1f} s, peak {info['peak_rss_mb']:.0f} MiB")
         left = self.time_left()
         if left is not None:
             parts.append(f"budget: {max(left, 0.0) / 60:.1f} min left")
@@ -268,12 +307,14 @@ def make_hypermodel(cache: FeatureCache, config: SearchConfig) -> PersonalityHyp
 
 
 def make_tuner(hypermodel: kt.HyperModel, paths: RunPaths, config: SearchConfig, *,
-               max_new_trials: int | None = None) -> kt.Tuner:
+               max_new_trials: int | None = None, deadline: float | None = None) -> kt.Tuner:
     """Create (or reload, when ``paths`` holds its project) the configured Keras Tuner tuner.
 
     Args:
         hypermodel, paths, config: the space, the run folder, the settings.
         max_new_trials: ``search`` starts at most this many trials (None: no limit).
+        deadline: ``time.time()`` after which no trial starts and the running one stops at
+            the end of its epoch (None: ``config.time_budget_s`` from the search's start).
 
     Returns:
         A ``keras_tuner.Tuner`` (Hyperband, RandomSearch or BayesianOptimization oracle)
@@ -291,7 +332,7 @@ def make_tuner(hypermodel: kt.HyperModel, paths: RunPaths, config: SearchConfig,
         oracle, cls = _RandomSearchOracle(max_trials=config.max_trials, **common), _PlainTuner
     else:
         oracle, cls = _BayesianOracle(max_trials=config.max_trials, **common), _PlainTuner
-    return cls(oracle, hypermodel, fi_config=config, fi_paths=paths, max_new_trials=max_new_trials,
+    return cls(oracle, hypermodel, fi_config=config, fi_paths=paths, max_new_trials=max_new_trials, deadline=deadline,
                executions_per_trial=config.executions_per_trial,
                distribution_strategy=make_strategy(config.strategy))
 
@@ -351,7 +392,7 @@ class SearchResult:
 
 
 def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config: SearchConfig, *,
-                      max_new_trials: int | None = None) -> tuple:
+                      max_new_trials: int | None = None, deadline: float | None = None) -> tuple:
     """Run (or resume) the search in this process: smoke check, tuner, ``tuner.search``.
 
     ``trials.csv`` is written even when the search stops with an error (by the process that
@@ -360,6 +401,7 @@ def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config
     Args:
         hypermodel, paths, config: as prepared by :func:`run_search`.
         max_new_trials: start at most this many trials here (None: no limit).
+        deadline: as :func:`make_tuner`.
 
     Returns:
         ``(tuner, stopped_by)``, ``stopped_by`` one of :data:`STOP_REASONS`.
@@ -370,7 +412,7 @@ def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config
     """
     keras.utils.set_random_seed(config.seed)
     smoke_check(hypermodel)
-    tuner = make_tuner(hypermodel, paths, config, max_new_trials=max_new_trials)
+    tuner = make_tuner(hypermodel, paths, config, max_new_trials=max_new_trials, deadline=deadline)
     write_experiment(paths.trials_tensorboard, tuner.oracle.get_space())
     print(f"[search] {config.tuner} search in {paths.root}; watch it with: "
           f"tensorboard --logdir {paths.tensorboard}", flush=True)
@@ -389,6 +431,47 @@ def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config
         if not tuner._is_worker():
             write_trials_csv(trials_table(tuner.oracle.trials.values(), paths.project_dir), paths.trials_csv)
     return tuner, stopped_by
+
+
+def plan_for_budget(hypermodel: PersonalityHyperModel, run_dir, config: SearchConfig) -> tuple:
+    """Plan the epochs of a new search with a time budget (``search.planner``), print the plan.
+
+    With ``config.plan_epochs`` the planned ``max_epochs`` / ``hyperband_iterations`` /
+    ``max_trials`` replace the config's; without it the config is kept and a warning is
+    printed when its first bracket cannot fit. A resumed search keeps the settings in its
+    ``config.json`` (they define the search) and is not measured again.
+
+    Returns:
+        ``(config, plan)``: the config to run, and the ``search.planner.Plan`` (None when
+        there is no budget or the search resumes).
+    """
+    from search.planner import measure_epoch_cost, plan_search
+
+    if config.time_budget_s is None:
+        return config, None
+    paths = RunPaths(Path(run_dir))
+    if paths.config.is_file() and not config.overwrite:
+        if config.plan_epochs:
+            old = SearchConfig.load(paths.config)
+            config = dataclasses.replace(config, max_epochs=old.max_epochs, max_trials=old.max_trials,
+                                         hyperband_iterations=old.hyperband_iterations)
+            print(f"[search] resuming with the planned max_epochs {config.max_epochs} of {paths.config}", flush=True)
+        return config, None
+    print("[search] measuring the cost of an epoch (the default model and 2 random ones) to plan the budget ...",
+          flush=True)
+    cost = measure_epoch_cost(hypermodel, seed=config.seed)
+    plan = plan_search(cost, config.time_budget_s, tuner=config.tuner, factor=config.factor,
+                       max_epochs=None if config.plan_epochs else config.max_epochs,
+                       max_trials=None if config.plan_epochs else config.max_trials)
+    print(f"[search] {plan.line()}", flush=True)
+    if config.plan_epochs:
+        config = dataclasses.replace(config, max_epochs=plan.max_epochs, max_trials=plan.max_trials or config.max_trials,
+                                     hyperband_iterations=plan.hyperband_iterations)
+    elif not plan.fits:
+        print(f"[search] WARNING: with --max-epochs {config.max_epochs} the first bracket needs about "
+              f"{plan.seconds / 60:.1f} min, more than the {config.time_budget_s / 60:.1f}-min budget allows; "
+              "trials will be cut at the deadline. Leave --max-epochs out to let the search plan it.", flush=True)
+    return config, plan
 
 
 def run_search(cache: FeatureCache, run_dir, config: SearchConfig, *,
@@ -423,20 +506,30 @@ def run_search(cache: FeatureCache, run_dir, config: SearchConfig, *,
     from search.distributed import Role, serve_search
 
     start = time.monotonic()
+    deadline = None if config.time_budget_s is None else time.time() + config.time_budget_s
     role = Role.current()
     if role.kind == "worker":
         raise ValueError(f"KERASTUNER_TUNER_ID={role.worker_id!r} makes this process a distributed worker; "
                          "workers run search.distributed.run_worker, not run_search")
+    in_process = hypermodel is not None or not config.trials_per_process
+    hypermodel = hypermodel or make_hypermodel(cache, config)
+    config, plan = plan_for_budget(hypermodel, run_dir, config)
     paths = prepare_run_dir(run_dir, config, cache)
     if role.kind == "chief":
-        tuner, stopped_by = serve_search(hypermodel or make_hypermodel(cache, config), paths, config)
-    elif hypermodel is None and config.trials_per_process:
+        tuner, stopped_by = serve_search(hypermodel, paths, config)
+    elif not in_process:
         from search.chunked import search_in_processes
-        smoke_check(make_hypermodel(cache, config))  # a clear error here rather than in a child
-        stopped_by = search_in_processes(cache, paths, config)
-        tuner = make_tuner(make_hypermodel(cache, config), paths, config)  # reloads the project's results
+        smoke_check(hypermodel)  # a clear error here rather than in a child
+        stopped_by = search_in_processes(cache, paths, config, deadline=deadline)
+        tuner = make_tuner(hypermodel, paths, config)  # reloads the project's results
     else:
-        tuner, stopped_by = search_in_process(hypermodel or make_hypermodel(cache, config), paths, config)
+        tuner, stopped_by = search_in_process(hypermodel, paths, config, deadline=deadline)
+    elapsed = time.monotonic() - start
+    write_json_atomic(paths.search_summary, {
+        "stopped_by": stopped_by, "wall_s": round(elapsed, 1), "time_budget_s": config.time_budget_s,
+        "over_budget_s": None if config.time_budget_s is None else round(elapsed - config.time_budget_s, 1),
+        "max_epochs": config.max_epochs, "hyperband_iterations": config.hyperband_iterations,
+        "plan": None if plan is None else {**dataclasses.asdict(plan), "line": plan.line()}})
     table = trials_table(tuner.oracle.trials.values(), paths.project_dir)
     write_trials_csv(table, paths.trials_csv)
     best_trial = tuner.best_trial()
@@ -446,4 +539,4 @@ def run_search(cache: FeatureCache, run_dir, config: SearchConfig, *,
     best = BestHyperparameters(values=values, score=float(best_trial.score), trial_id=str(best_trial.trial_id),
                                best_epoch=best_epoch(best_trial), objective=OBJECTIVE.name)
     best.save(paths.best_hyperparameters)
-    return SearchResult(paths, best, table, stopped_by, time.monotonic() - start)
+    return SearchResult(paths, best, table, stopped_by, elapsed)

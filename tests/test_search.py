@@ -24,7 +24,7 @@ from search.tensorboard_logs import read_scalars, read_session_hparams
 from search.train import retrain_and_evaluate
 from search.tuner import OBJECTIVE, SearchFailedError, make_hypermodel, make_tuner, run_search, smoke_check
 
-TINY = {"vgg_depth": 1, "vgg_width": 16, "temporal": "max", "fusion_units": 64}
+TINY = {"backbone": "vgg", "vgg_depth": 1, "vgg_width": 16, "temporal": "max", "fusion_units": 64}
 
 
 def tiny_config(**overrides) -> SearchConfig:
@@ -336,19 +336,21 @@ def test_search_space_defaults_and_conditions(cache):
     hypermodel = PersonalityHyperModel(cache, crop_size=32, allow_resnet=True)
     hp = kt.HyperParameters()
     values = hypermodel.declare(hp)
-    assert values == {"audio_branch": "conv2d", "backbone": "vgg", "vgg_depth": 3, "vgg_width": 32,
-                      "temporal": "max", "fusion_units": 256, "dropout": 0.5, "head": "linear",
-                      "standardize_targets": True, "loss": "mae", "learning_rate": 1e-3, "batch_size": 32}
+    assert values == {"audio_branch": "stats", "backbone": "stats", "fusion_units": 256, "dropout": 0.5,
+                      "head": "linear", "standardize_targets": True, "ridge_path": True, "loss": "mae",
+                      "learning_rate": 1e-3, "batch_size": 32}
     assert set(p.name for p in hp.space) == set(HYPERPARAMETERS)
     space = {p.name: p for p in hp.space}
-    assert space["audio_branch"].values == ["blstm", "conv1d", "conv2d"]
-    assert space["backbone"].values == ["vgg", "resnet50"]
+    assert space["audio_branch"].values == ["stats", "blstm", "conv1d", "conv2d"]
+    assert space["backbone"].values == ["stats", "vgg", "resnet50"]
+    assert [(c.name, c.values) for c in space["ridge_path"].conditions] == [("standardize_targets", [True])]
     assert space["vgg_depth"].max_value == 5  # log2(32)
     assert [(c.name, c.values) for c in space["vgg_depth"].conditions] == [("backbone", ["vgg"])]
-    assert [(c.name, c.values) for c in space["temporal_units"].conditions] == [("temporal", ["lstm", "gru"])]
+    assert [(c.name, c.values) for c in space["temporal_units"].conditions] == [
+        ("backbone", ["vgg", "resnet50"]), ("temporal", ["lstm", "gru"])]
     assert space["learning_rate"].sampling == "log"
     other = kt.HyperParameters()
-    other.values = {"backbone": "resnet50", "temporal": "gru"}
+    other.values = {"backbone": "resnet50", "temporal": "gru"}  # the statistics backbone has no temporal
     values = hypermodel.declare(other)
     assert "vgg_depth" not in values and "vgg_width" not in values and values["temporal_units"] == 64
     assert "resnet50" not in str(PersonalityHyperModel(cache, crop_size=32).declare(kt.HyperParameters()))
@@ -359,10 +361,13 @@ def test_search_space_defaults_and_conditions(cache):
 def test_mean_mfcc_cache_offers_only_the_mean_branch_and_remedy_uses_training_stats(small_cache):
     cache = small_cache
     hypermodel = PersonalityHyperModel(cache, crop_size=32, fixed={"vgg_depth": 1, "vgg_width": 4,
-                                                                     "fusion_units": 8})
+                                                                     "fusion_units": 8, "backbone": "vgg"})
     hp = kt.HyperParameters()
+    hp.Fixed("audio_branch", "mean_dense")
     model = hypermodel.build(hp)
-    assert {p.name: p for p in hp.space}["audio_branch"].values == ["mean_dense"]
+    space = kt.HyperParameters()
+    PersonalityHyperModel(cache, crop_size=32).declare(space)
+    assert {p.name: p for p in space.space}["audio_branch"].values == ["stats", "mean_dense"]
     assert hp.values["audio_branch"] == "mean_dense"
     scale = model.get_layer("traits")
     expected = np.asarray(cache.split("train").targets, dtype=np.float64)

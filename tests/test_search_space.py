@@ -15,7 +15,7 @@ def cache(tmp_path_factory):
 
 def test_choices_replace_the_default_range_and_the_first_is_the_default(cache):
     model = PersonalityHyperModel(cache, crop_size=32, choices={"vgg_width": [8, 16], "learning_rate": [0.01, 0.001]},
-                                  fixed={"vgg_depth": 2})
+                                  fixed={"vgg_depth": 2, "backbone": "vgg"})
     hp = kt.HyperParameters()
     values = model.declare(hp)
     space = {p.name: p for p in hp.space}
@@ -36,3 +36,14 @@ def test_choices_replace_the_default_range_and_the_first_is_the_default(cache):
 def test_bad_space_settings_are_refused_by_name(cache, kwargs, message):
     with pytest.raises(ValueError, match=message):
         PersonalityHyperModel(cache, crop_size=32, **kwargs)
+
+
+def test_the_default_model_is_the_statistics_model_with_the_ridge_path(cache):
+    model = PersonalityHyperModel(cache, crop_size=32)
+    hp = kt.HyperParameters()
+    values = model.declare(hp)
+    assert (values["audio_branch"], values["backbone"], values["ridge_path"]) == ("stats", "stats", True)
+    # no convolution settings are active for it, and temporal pooling only applies to frame CNNs
+    assert not {"vgg_depth", "vgg_width", "temporal", "temporal_units"} & set(values)
+    space = {p.name: p for p in hp.space}
+    assert "vgg" in space["backbone"].values and "conv2d" in space["audio_branch"].values
