@@ -2,7 +2,7 @@
 
 :func:`measure_epoch_cost` times a few configurations of the space on real batches: the
 default model (the first trial) and ``n_random`` configurations drawn the way the oracle
-draws them, each built, traced on one batch, then timed over ``n_batches`` batches. The
+draws them, each built, traced on one batch, then timed over (up to) one epoch. The
 cost of a trial is ``overhead_s + epochs * epoch_s`` with the means over those models.
 
 :func:`plan_search` then chooses Keras Tuner's ``max_epochs`` (and ``hyperband_iterations``)
@@ -25,7 +25,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-BUDGET_SHARE = 0.8
+BUDGET_SHARE = 0.7
 """Share of the time budget the first bracket may take (the estimate is a mean over a few
 models; trials of bigger models cost more)."""
 
@@ -34,6 +34,13 @@ MAX_PLANNED_EPOCHS = 81
 
 MIN_EPOCHS = 2
 """Smallest ``max_epochs`` the planner chooses (Keras Tuner's Hyperband needs >= 2)."""
+
+TRIAL_BOOKKEEPING_S = 2.0
+"""Seconds Keras Tuner and the tuner of ``search.tuner`` add per trial (checkpoint, trial
+files, TensorBoard logs, ``trials.csv``), measured on the demo; added to the overhead."""
+
+MAX_TIMED_BATCHES = 20
+"""Training batches timed per model at most (an epoch of a large split is extrapolated)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,17 +169,17 @@ def _random_hyperparameters(space: kt.HyperParameters, seed: int) -> kt.HyperPar
     return hp
 
 
-def measure_epoch_cost(hypermodel, *, n_random: int = 2, n_batches: int = 3, seed: int = 0) -> EpochCost:
+def measure_epoch_cost(hypermodel, *, n_random: int = 3, seed: int = 0) -> EpochCost:
     """Time the default model and ``n_random`` random configurations of ``hypermodel``.
 
-    Each model is built and trained on one batch (the overhead: building, tracing), then on
-    ``n_batches`` batches (the per-batch time), and validated on one batch. The epoch time is
-    ``train_batches * batch_s + val_batches * val_batch_s`` for the split sizes and the
-    configuration's batch size.
+    Each model is built and trained on one batch and validated on one (the overhead:
+    building, tracing; plus :data:`TRIAL_BOOKKEEPING_S`), then trained on a whole epoch, or
+    on :data:`MAX_TIMED_BATCHES` batches extrapolated to one, and validated on the whole
+    validation split (at most half as many batches, extrapolated).
 
     Args:
         hypermodel: a ``search.hypermodel.PersonalityHyperModel``.
-        n_random, n_batches, seed: how much to measure, and the seed of the random draws.
+        n_random, seed: how many random configurations, and the seed of their draws.
 
     Returns:
         An :class:`EpochCost` (means over the models).
@@ -192,13 +199,15 @@ def measure_epoch_cost(hypermodel, *, n_random: int = 2, n_batches: int = 3, see
         train, val = train.repeat(), val.repeat()  # small splits: fewer batches than timed
         model.fit(train, epochs=1, steps_per_epoch=1, verbose=0)
         model.evaluate(val, steps=1, verbose=0)
-        overheads.append(time.perf_counter() - start)
+        overheads.append(time.perf_counter() - start + TRIAL_BOOKKEEPING_S)
+        train_batches, val_batches = math.ceil(n_train / batch_size), math.ceil(n_val / batch_size)
+        timed_train, timed_val = min(train_batches, MAX_TIMED_BATCHES), min(val_batches, MAX_TIMED_BATCHES // 2)
         start = time.perf_counter()
-        model.fit(train, epochs=1, steps_per_epoch=n_batches, verbose=0)
-        batch_s = (time.perf_counter() - start) / n_batches
+        model.fit(train, epochs=1, steps_per_epoch=timed_train, verbose=0)
+        batch_s = (time.perf_counter() - start) / timed_train
         start = time.perf_counter()
-        model.evaluate(val, steps=1, verbose=0)
-        val_s = time.perf_counter() - start
-        epochs.append(math.ceil(n_train / batch_size) * batch_s + math.ceil(n_val / batch_size) * val_s)
+        model.evaluate(val, steps=timed_val, verbose=0)
+        val_s = (time.perf_counter() - start) / timed_val
+        epochs.append(train_batches * batch_s + val_batches * val_s)
     keras.backend.clear_session()
     return EpochCost(overhead_s=float(np.mean(overheads)), epoch_s=float(np.mean(epochs)), models=len(configs))

@@ -457,7 +457,7 @@ def plan_for_budget(hypermodel: PersonalityHyperModel, run_dir, config: SearchCo
                                          hyperband_iterations=old.hyperband_iterations)
             print(f"[search] resuming with the planned max_epochs {config.max_epochs} of {paths.config}", flush=True)
         return config, None
-    print("[search] measuring the cost of an epoch (the default model and 2 random ones) to plan the budget ...",
+    print("[search] measuring the cost of an epoch (the default model and 3 random ones) to plan the budget ...",
           flush=True)
     cost = measure_epoch_cost(hypermodel, seed=config.seed)
     plan = plan_search(cost, config.time_budget_s, tuner=config.tuner, factor=config.factor,
