@@ -434,7 +434,7 @@ def cmd_search(args, retrain: bool = False) -> int:
     from search.report import write_report
     from search.train import retrain_and_evaluate
 
-    metrics = retrain_and_evaluate(cache, run_dir, result.best, config)
+    metrics = retrain_and_evaluate(cache, run_dir, result.best, result.config)
     write_report(run_dir)
     print(format_summary(metrics, run_dir))
     return 0

@@ -20,6 +20,6 @@ def run_job(cache: FeatureCache, run_dir, config: SearchConfig) -> dict:
         The errors of those three functions.
     """
     result = run_search(cache, run_dir, config)
-    metrics = retrain_and_evaluate(cache, run_dir, result.best, config)
+    metrics = retrain_and_evaluate(cache, run_dir, result.best, result.config)
     write_report(run_dir)
     return metrics

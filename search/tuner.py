@@ -382,6 +382,7 @@ class SearchResult:
         trials: the ``trials.csv`` table.
         stopped_by: ``"search_finished"`` or ``"time_budget"`` (see :data:`STOP_REASONS`).
         elapsed_s: wall time of this invocation's search, in seconds.
+        config: the settings the search ran with (the planned ``max_epochs`` included).
     """
 
     paths: RunPaths
@@ -389,6 +390,7 @@ class SearchResult:
     trials: pd.DataFrame
     stopped_by: str
     elapsed_s: float
+    config: SearchConfig | None = None
 
 
 def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config: SearchConfig, *,
@@ -539,4 +541,4 @@ def run_search(cache: FeatureCache, run_dir, config: SearchConfig, *,
     best = BestHyperparameters(values=values, score=float(best_trial.score), trial_id=str(best_trial.trial_id),
                                best_epoch=best_epoch(best_trial), objective=OBJECTIVE.name)
     best.save(paths.best_hyperparameters)
-    return SearchResult(paths, best, table, stopped_by, elapsed)
+    return SearchResult(paths, best, table, stopped_by, elapsed, config)
