@@ -121,6 +121,8 @@ class Cue:
     trait: str
     modality: str  # "audio" or "video"
     meaning: str
+    sign: int = 1  # +1: u grows with the trait; -1: u falls as the trait grows
+    noise: float | None = None  # SD of this cue's noise; None: DemoParams.cue_noise
 
 
 CUES = (
@@ -161,6 +163,7 @@ class DemoParams:
     share_4_3: float = 0.3
     clips_per_inner: int = 80
     inner_per_outer: int = 2
+    variant: int | None = None
 
     def __post_init__(self):
         sizes = (self.n_train, self.n_val, self.n_test)
@@ -177,8 +180,57 @@ class DemoParams:
 
     def key(self) -> str:
         """Short hash of the parameters and :data:`DEMO_VERSION` (cache folder name)."""
-        blob = json.dumps({"version": DEMO_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if fields["variant"] is None:  # the standard demo keeps the key it always had
+            del fields["variant"]
+        blob = json.dumps({"version": DEMO_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------
+# Variants: other datasets drawn from a seed
+
+VARIANT_SIZES = ((256, 144), (320, 180), (384, 216), (448, 252))
+"""16:9 frame sizes a variant draws from (each gives an even 4:3 width)."""
+
+
+def resolve_variant(params: DemoParams) -> DemoParams:
+    """The parameters of ``params.variant``'s dataset (``params`` itself when it is None).
+
+    A variant draws, from ``numpy.random.default_rng([variant, 7919])`` alone (the other
+    fields of ``params`` are replaced): the clip counts (train 120-300, validation and test
+    40-100 each), the frame size (:data:`VARIANT_SIZES`), the clip duration (8-15.3 s),
+    ``cue_noise`` (0.3-0.9) and the labels' seed. :func:`demo_cues` draws the cue mapping.
+    """
+    if params.variant is None:
+        return params
+    rng = np.random.default_rng([int(params.variant), 7919])
+    width, height = VARIANT_SIZES[int(rng.integers(len(VARIANT_SIZES)))]
+    return dataclasses.replace(params, n_train=int(rng.integers(120, 301)), n_val=int(rng.integers(40, 101)),
+                               n_test=int(rng.integers(40, 101)), seed=int(rng.integers(2**31)), width=width,
+                               height=height, duration_s=round(float(rng.uniform(8.0, 15.3)), 1),
+                               cue_noise=round(float(rng.uniform(0.3, 0.9)), 3))
+
+
+def demo_cues(params: DemoParams) -> tuple:
+    """The cue -> trait mapping of ``params``: :data:`CUES` for the standard demo.
+
+    A variant (``params.variant``) draws, from ``numpy.random.default_rng([variant, 104729])``:
+    which trait each of the six cues carries (a random permutation gives every trait one
+    cue, the sixth cue goes to a random trait; so a trait may live in the audio only, the
+    video only, or both), each cue's direction (``sign`` +-1) and its noise SD
+    (``cue_noise * U[0.6, 1.6]``: some cues are strong, some weak).
+    """
+    if params.variant is None:
+        return CUES
+    rng = np.random.default_rng([int(params.variant), 104729])
+    order = rng.permutation(len(CUES))
+    traits = [TRAITS[i] for i in rng.permutation(len(TRAITS))] + [TRAITS[int(rng.integers(len(TRAITS)))]]
+    cues = []
+    for k, j in enumerate(order):
+        cues.append(dataclasses.replace(CUES[j], trait=traits[k], sign=int(rng.choice([-1, 1])),
+                                        noise=round(params.cue_noise * float(rng.uniform(0.6, 1.6)), 4)))
+    return tuple(sorted(cues, key=lambda c: [x.name for x in CUES].index(c.name)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,8 +280,9 @@ def demo_plan(params: DemoParams = DemoParams()) -> pd.DataFrame:
     for i, key in enumerate(LABEL_KEYS):
         plan[key] = labels[:, i]
     z_labels = (labels - LABEL_MEAN) / LABEL_SD  # after clipping, as seen in the labels
-    for cue in CUES:
-        noisy = z_labels[:, TRAITS.index(cue.trait)] + params.cue_noise * rng.standard_normal(n)
+    for cue in demo_cues(params):
+        noise = params.cue_noise if cue.noise is None else cue.noise
+        noisy = cue.sign * z_labels[:, TRAITS.index(cue.trait)] + noise * rng.standard_normal(n)
         plan[f"cue_{cue.name}"] = np.clip(0.5 + noisy / _CU_SPAN, 0.0, 1.0)
     wide = rng.random(n) >= params.share_4_3
     plan["width"] = np.where(wide, params.width, params.height * 4 // 3)
@@ -432,7 +485,8 @@ def _pack(plan: pd.DataFrame, clip_dir: Path, out: Path, params: DemoParams) -> 
 def generate_demo(out_dir: str | os.PathLike, *, n_train: int = 240, n_val: int = 80, n_test: int = 80,
                   seed: int = 0, width: int = 256, height: int = 144, duration_s: float = 15.3,
                   cue_noise: float = 0.5, share_4_3: float = 0.3, clips_per_inner: int = 80,
-                  inner_per_outer: int = 2, workers: int | None = None, progress: bool = True) -> Path:
+                  inner_per_outer: int = 2, variant: int | None = None, workers: int | None = None,
+                  progress: bool = True) -> Path:
     """Generate a demo dataset into ``out_dir`` (module docstring; parameters: :class:`DemoParams`).
 
     Args:
@@ -450,7 +504,8 @@ def generate_demo(out_dir: str | os.PathLike, *, n_train: int = 240, n_val: int 
     """
     params = DemoParams(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, width=width, height=height,
                         duration_s=duration_s, cue_noise=cue_noise, share_4_3=share_4_3,
-                        clips_per_inner=clips_per_inner, inner_per_outer=inner_per_outer)
+                        clips_per_inner=clips_per_inner, inner_per_outer=inner_per_outer, variant=variant)
+    params = resolve_variant(params)
     require_ffmpeg()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -475,7 +530,7 @@ def generate_demo(out_dir: str | os.PathLike, *, n_train: int = 240, n_val: int 
         _pack(plan, work, out, params)
     plan.to_csv(out / "demo_hidden.csv", index=False)
     meta = {"version": DEMO_VERSION, "params": dataclasses.asdict(params),
-            "cues": [dataclasses.asdict(c) for c in CUES]}
+            "cues": [dataclasses.asdict(c) for c in demo_cues(params)]}
     (out / "demo.json").write_text(json.dumps(meta, indent=2))
     return out
 
@@ -487,12 +542,13 @@ def demo_dataset(root: str | os.PathLike | None = None, *, progress: bool = True
     Args:
         root: cache folder (default :data:`DEFAULT_DEMO_ROOT`, ``<repo>/.fi_demo``).
         progress, workers: as :func:`generate_demo`.
-        **params: :class:`DemoParams` fields; the defaults make the standard demo.
+        **params: :class:`DemoParams` fields; the defaults make the standard demo;
+            ``variant=SEED`` draws another dataset (:func:`resolve_variant`, :func:`demo_cues`).
 
     Returns:
         ``<root>/<DemoParams.key()>``, a complete dataset folder (``demo.json`` marks it).
     """
-    key = DemoParams(**params).key()
+    key = resolve_variant(DemoParams(**params)).key()
     root = Path(root) if root is not None else DEFAULT_DEMO_ROOT
     final = root / key
     if (final / "demo.json").is_file():
@@ -516,22 +572,24 @@ def _conditional_mean(cue_values: np.ndarray, cues: tuple[Cue, ...], cue_noise: 
     """E[labels | cues] under the generative model (Gaussian conditioning), clipped to [0, 1].
 
     Standardized labels ``z ~ N(0, R)`` (R = :data:`LABEL_CORR` of the five traits); each cue
-    observes ``h_j = z_t(j) + e_j``, ``e_j ~ N(0, cue_noise^2)``, recovered as
-    ``h = 5 (u - 0.5)``. ``E[z | h] = R P' (P R P' + cue_noise^2 I)^+ h`` (pseudo-inverse: two
+    observes ``h_j = s_j z_t(j) + e_j`` (``s_j`` the cue's sign), ``e_j ~ N(0, n_j^2)`` (``n_j``
+    the cue's noise, default ``cue_noise``), recovered as ``h = 5 (u - 0.5)``.
+    ``E[z | h] = R P' (P R P' + diag(n^2))^+ h`` (P holds the signs; pseudo-inverse: two
     noiseless cues of one trait make the matrix singular).
     """
     corr = LABEL_CORR[:len(TRAITS), :len(TRAITS)]
     select = np.zeros((len(cues), len(TRAITS)))
     for j, cue in enumerate(cues):
-        select[j, TRAITS.index(cue.trait)] = 1.0
+        select[j, TRAITS.index(cue.trait)] = cue.sign
+    noise = np.array([cue_noise if c.noise is None else c.noise for c in cues])
     h = _CU_SPAN * (cue_values - 0.5)
-    gain = corr @ select.T @ np.linalg.pinv(select @ corr @ select.T + cue_noise ** 2 * np.eye(len(cues)))
+    gain = corr @ select.T @ np.linalg.pinv(select @ corr @ select.T + np.diag(noise ** 2))
     z = h @ gain.T
     return np.clip(LABEL_MEAN[:len(TRAITS)] + LABEL_SD[:len(TRAITS)] * z, 0.0, 1.0)
 
 
 def demo_scores(source: str | os.PathLike | pd.DataFrame, cue_noise: float | None = None,
-                split: str = "test") -> pd.DataFrame:
+                split: str = "test", cues: tuple | None = None) -> pd.DataFrame:
     """1-MAE on the demo's ``split`` of the hidden-parameter predictors and of the mean.
 
     Args:
@@ -540,6 +598,8 @@ def demo_scores(source: str | os.PathLike | pd.DataFrame, cue_noise: float | Non
         cue_noise: the plan's ``cue_noise`` (read from ``demo.json`` for a folder).
         split: the split scored (the predictors use only the known model and, for the
             mean baseline, the training split's mean labels).
+        cues: a plan's cue mapping (:func:`demo_cues`; default :data:`CUES`); read from
+            ``demo.json`` for a folder.
 
     Returns:
         DataFrame indexed by ``ceiling`` (all cues), ``audio_only``, ``video_only`` and
@@ -550,17 +610,20 @@ def demo_scores(source: str | os.PathLike | pd.DataFrame, cue_noise: float | Non
         if cue_noise is None:
             raise ValueError("cue_noise is needed when scoring a plan")
         plan = source
+        cues = CUES if cues is None else tuple(cues)
     else:
         folder = Path(source)
         plan = pd.read_csv(folder / "demo_hidden.csv", dtype={"clip_id": str, "fps": str})
-        cue_noise = json.loads((folder / "demo.json").read_text())["params"]["cue_noise"]
+        meta = json.loads((folder / "demo.json").read_text())
+        cue_noise = meta["params"]["cue_noise"]
+        cues = tuple(Cue(**c) for c in meta["cues"])
     part = plan[plan["split"] == split]
     truth = part[list(TRAITS)].to_numpy()
     preds = {}
-    for name, cues in (("ceiling", CUES), ("audio_only", tuple(c for c in CUES if c.modality == "audio")),
-                       ("video_only", tuple(c for c in CUES if c.modality == "video"))):
-        values = part[[f"cue_{c.name}" for c in cues]].to_numpy()
-        preds[name] = _conditional_mean(values, cues, cue_noise)
+    for name, subset in (("ceiling", cues), ("audio_only", tuple(c for c in cues if c.modality == "audio")),
+                         ("video_only", tuple(c for c in cues if c.modality == "video"))):
+        values = part[[f"cue_{c.name}" for c in subset]].to_numpy()
+        preds[name] = _conditional_mean(values, subset, cue_noise)
     train_mean = plan.loc[plan["split"] == "train", list(TRAITS)].to_numpy().mean(axis=0)
     preds["mean_baseline"] = np.broadcast_to(train_mean, truth.shape)
     table = pd.DataFrame({name: 1.0 - np.abs(truth - p).mean(axis=0) for name, p in preds.items()},

@@ -266,3 +266,28 @@ def test_output_folder_must_be_empty(tmp_path):
     with pytest.raises(ValueError, match="not empty"):
         generate_demo(tmp_path, progress=False, **TINY)
     assert (tmp_path / "x").read_text() == "keep me"
+
+
+def test_the_standard_demo_keeps_its_key_and_variants_draw_other_datasets():
+    from fi_data.demo import DemoParams, demo_cues, demo_plan, demo_scores, resolve_variant
+
+    assert DemoParams().key() == "744d82a2e815"  # the key before variants existed
+    assert resolve_variant(DemoParams()) == DemoParams() and demo_cues(DemoParams()) == CUES
+    a, b = resolve_variant(DemoParams(variant=1)), resolve_variant(DemoParams(variant=2))
+    assert a == resolve_variant(DemoParams(variant=1)) and demo_cues(a) == demo_cues(resolve_variant(DemoParams(variant=1)))
+    assert a.key() != b.key() != DemoParams().key()
+    assert [c.trait for c in demo_cues(a)] != [c.trait for c in demo_cues(b)]
+    for params in (a, b):
+        cues = demo_cues(params)
+        assert {c.trait for c in cues} == set(TRAITS)  # every trait has a cue
+        assert sorted(c.name for c in cues) == sorted(c.name for c in CUES)
+        assert {c.modality for c in cues} == {"audio", "video"}
+        assert 120 <= params.n_train <= 300 and 40 <= params.n_val <= 100 and 40 <= params.n_test <= 100
+        plan = demo_plan(params)
+        assert len(plan) == params.n_train + params.n_val + params.n_test
+        scores = demo_scores(plan, params.cue_noise, cues=cues)["one_minus_mae"]
+        assert scores["ceiling"] > scores["mean_baseline"] + 0.03
+    # a negative sign really inverts the cue: the cue correlates negatively with its trait
+    cue = next(c for c in demo_cues(a) if c.sign < 0)
+    plan = demo_plan(a)
+    assert np.corrcoef(plan[f"cue_{cue.name}"], plan[cue.trait])[0, 1] < -0.3
