@@ -18,8 +18,10 @@ from fi_data.traits import TRAITS
 ONE_MINUS_MAE = "one_minus_mae"
 """Logged name of :class:`OneMinusMAE`; the tuner objective is ``"val_" + ONE_MINUS_MAE``."""
 
-SCORE_COLUMNS = ("one_minus_mae", "r2", "spread", "baseline_one_minus_mae", "baseline_r2")
-"""Columns of :func:`score_predictions`' table, in order."""
+SCORE_COLUMNS = ("one_minus_mae", "r2", "ccc", "pcc", "spread", "baseline_one_minus_mae", "baseline_r2",
+                 "baseline_ccc")
+"""Columns of :func:`score_predictions`' table always present, in order (``baselines`` add
+``<name>_one_minus_mae``, ``<name>_r2``, ``<name>_ccc`` after them)."""
 
 MEAN_ROW = "mean"
 """Index label of the row that averages the five traits."""
@@ -93,7 +95,52 @@ def _r2(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     return np.where(constant, np.where(exact, 1.0, 0.0), r2)
 
 
-def score_predictions(y_true, y_pred, baseline_mean) -> pd.DataFrame:
+def ccc(y_true, y_pred) -> np.ndarray:
+    """Per-trait concordance correlation coefficient (Lin 1989, Biometrics 45:255-268).
+
+    ``CCC = 2 cov(y, p) / (var(y) + var(p) + (mean(y) - mean(p))^2)`` with population
+    moments: 1 for perfect agreement, 0 for a constant prediction (its covariance is 0), and
+    it penalises both a low correlation and a shifted or shrunk prediction.
+
+    Args:
+        y_true, y_pred: arrays ``(n, 5)`` in ``TRAITS`` order.
+
+    Returns:
+        float64 ``(5,)``; for a trait whose labels and predictions are all equal: 1.0 when
+        they agree exactly, else 0.0 (the denominator is then the squared mean shift).
+
+    Raises:
+        ValueError: wrong shapes, or NaN/Inf values.
+    """
+    y_true, y_pred = _as_pair(y_true, y_pred)
+    mean_t, mean_p = y_true.mean(axis=0), y_pred.mean(axis=0)
+    cov = ((y_true - mean_t) * (y_pred - mean_p)).mean(axis=0)
+    denominator = y_true.var(axis=0) + y_pred.var(axis=0) + (mean_t - mean_p) ** 2
+    exact = (y_true == y_pred).all(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(denominator > 0, 2.0 * cov / np.where(denominator > 0, denominator, 1.0), 0.0)
+    return np.where(exact, 1.0, value)
+
+
+def pcc(y_true, y_pred) -> np.ndarray:
+    """Per-trait Pearson correlation coefficient r (``numpy.corrcoef``).
+
+    Returns:
+        float64 ``(5,)``; NaN for a trait whose labels or predictions are constant (r is
+        undefined there).
+
+    Raises:
+        ValueError: wrong shapes, or NaN/Inf values.
+    """
+    y_true, y_pred = _as_pair(y_true, y_pred)
+    out = np.full(y_true.shape[1], np.nan)
+    for k in range(y_true.shape[1]):
+        if np.ptp(y_true[:, k]) > 0 and np.ptp(y_pred[:, k]) > 0:
+            out[k] = np.corrcoef(y_true[:, k], y_pred[:, k])[0, 1]
+    return out
+
+
+def score_predictions(y_true, y_pred, baseline_mean, baselines: dict | None = None) -> pd.DataFrame:
     """Score predictions per trait beside the mean baseline.
 
     Args:
@@ -101,11 +148,16 @@ def score_predictions(y_true, y_pred, baseline_mean) -> pd.DataFrame:
         y_pred: predictions ``(n, 5)``, same order and units.
         baseline_mean: ``(5,)`` the TRAINING split's label mean; the baseline predicts it for
             every clip.
+        baselines: optional name -> predictions ``(n, 5)`` of other baselines (e.g.
+            ``{"ridge": ..., "identity": ...}``), scored into ``<name>_one_minus_mae``,
+            ``<name>_r2`` and ``<name>_ccc`` columns.
 
     Returns:
         A DataFrame with index ``TRAITS + ("mean",)`` and columns ``SCORE_COLUMNS``:
-        ``one_minus_mae`` (1 - MAE), ``r2`` (``sklearn.metrics.r2_score``), ``spread``
-        (:func:`prediction_spread`), ``baseline_one_minus_mae``, ``baseline_r2``. The
+        ``one_minus_mae`` (1 - MAE), ``r2`` (``sklearn.metrics.r2_score``), ``ccc``
+        (:func:`ccc`), ``pcc`` (:func:`pcc`), ``spread`` (:func:`prediction_spread`),
+        ``baseline_one_minus_mae``, ``baseline_r2``, ``baseline_ccc`` (0: a constant), then
+        the columns of ``baselines``. The
         ``mean`` row averages the five trait rows (NaN spreads skipped); its 1-MAE is the
         challenge score. For a trait whose labels are constant, R² follows scikit-learn's
         ``force_finite`` rule: 1.0 for a perfect prediction, else 0.0; its spread is NaN.
@@ -118,12 +170,23 @@ def score_predictions(y_true, y_pred, baseline_mean) -> pd.DataFrame:
         raise ValueError(f"need at least 2 clips to score (R² is undefined for one), got {y_true.shape[0]}")
     baseline = _as_matrix(np.reshape(baseline_mean, (1, -1)), "baseline_mean")
     baseline_pred = np.broadcast_to(baseline, y_true.shape)
-    table = pd.DataFrame({
+    columns = {
         "one_minus_mae": 1.0 - np.abs(y_true - y_pred).mean(axis=0),
         "r2": _r2(y_true, y_pred),
+        "ccc": ccc(y_true, y_pred),
+        "pcc": pcc(y_true, y_pred),
         "spread": prediction_spread(y_true, y_pred),
         "baseline_one_minus_mae": 1.0 - np.abs(y_true - baseline_pred).mean(axis=0),
         "baseline_r2": _r2(y_true, baseline_pred),
-    }, index=pd.Index(TRAITS, name="trait"), columns=list(SCORE_COLUMNS))
+        "baseline_ccc": ccc(y_true, baseline_pred),
+    }
+    for name, predictions in (baselines or {}).items():
+        other = _as_matrix(predictions, f"{name} predictions")
+        if other.shape != y_true.shape:
+            raise ValueError(f"{name} predictions {other.shape} and y_true {y_true.shape} differ in shape")
+        columns[f"{name}_one_minus_mae"] = 1.0 - np.abs(y_true - other).mean(axis=0)
+        columns[f"{name}_r2"] = _r2(y_true, other)
+        columns[f"{name}_ccc"] = ccc(y_true, other)
+    table = pd.DataFrame(columns, index=pd.Index(TRAITS, name="trait"))
     table.loc[MEAN_ROW] = table.mean(axis=0, skipna=True)
     return table

@@ -130,3 +130,24 @@ def test_ccc_mae_loss_values_and_config():
     assert float(get_loss("mae")(y_true, constant)) == pytest.approx(np.abs(y_true - constant).mean(), abs=1e-6)
     with pytest.raises(ValueError, match="ccc_weight must be >= 0"):
         ConcordanceMAE(ccc_weight=-1)
+
+
+def test_ccc_and_pcc_by_hand():
+    from fi_models.metrics import ccc, pcc
+
+    y = np.array([[0.2, 0.1, 0.5, 0.4, 0.3], [0.4, 0.3, 0.5, 0.6, 0.5], [0.6, 0.5, 0.5, 0.8, 0.7]])
+    p = np.array([[0.3, 0.1, 0.5, 0.5, 0.5], [0.4, 0.2, 0.5, 0.5, 0.5], [0.5, 0.6, 0.5, 0.5, 0.5]])
+    # trait 0: y mean .4 var .08/3, p mean .4 var .02/3, cov .04/3 -> 2*.04/(.08+.02) = 0.8
+    np.testing.assert_allclose(ccc(y, p)[0], 0.8)
+    np.testing.assert_allclose(pcc(y, p)[0], 1.0)
+    # trait 1: y .1 .3 .5 (mean .3), p .1 .2 .6 (mean .3): cov (.2*.2+0+.2*.3)/3 = .1/3,
+    # var y .08/3, var p (.04+.01+.09)/3 = .14/3 -> ccc 2*.1/.22, pcc .1/sqrt(.08*.14)
+    np.testing.assert_allclose(ccc(y, p)[1], 0.2 / 0.22)
+    np.testing.assert_allclose(pcc(y, p)[1], 0.1 / np.sqrt(0.08 * 0.14))
+    assert ccc(y, p)[2] == 1.0 and np.isnan(pcc(y, p)[2])  # constant labels, exactly predicted
+    assert ccc(y, p)[3] == 0.0 and ccc(y, p)[4] == 0.0  # constant predictions
+    assert np.isnan(pcc(y, p)[3])
+    table = score_predictions(y, p, y.mean(axis=0), baselines={"other": y})
+    assert table.loc["openness", "ccc"] == pytest.approx(0.8)
+    assert table.loc["openness", "baseline_ccc"] == 0.0
+    assert table.loc["openness", "other_ccc"] == 1.0 and table.loc["mean", "other_one_minus_mae"] == 1.0
