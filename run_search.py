@@ -12,6 +12,7 @@ Commands (each has ``--help``):
     search    prepare (cached) and search only; no retraining
     retrain   retrain + score + report from saved hyperparameters (a run folder or a JSON file)
     predict   score new clips with a finished run's model
+    baselines the mean and identity-lookup baselines per split, from the labels alone
 
 This file only parses arguments and orchestrates the stages of the toolkit (``fi_data``,
 ``search``); nothing heavy is imported before a command starts, so ``--help`` is instant.
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-COMMANDS = ("run", "prepare", "search", "retrain", "predict")
+COMMANDS = ("run", "prepare", "search", "retrain", "predict", "baselines")
 DEFAULT_RUNS_DIR = ROOT / "tuner_runs"
 DEFAULT_CACHE_DIR = ROOT / ".fi_cache"
 
@@ -272,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passwords", default=None, metavar="SPEC", help="passwords of encrypted archives (as above)")
     p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE", help="passwords file (as above)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="clips per prediction batch")
+
+    p = sub.add_parser("baselines", help="the mean and identity-lookup baselines per split, from labels alone",
+                       description="Read the annotation pickles (or their archives; no videos needed) and print, "
+                                   "per split, the 1-MAE of the mean predictor (training means) and of the "
+                                   "identity lookup (each clip predicted as the mean training label of its "
+                                   "YouTube video; no audio, no video), and the share of clips whose video "
+                                   "also has training clips.")
+    p.add_argument("--data-dir", type=Path, required=True, help="folder holding the annotation files or the release")
+    p.add_argument("--split", default="official", choices=("official", "speaker-disjoint"),
+                   help="official split (default) or the speaker-disjoint re-split (seeded by --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the speaker-disjoint split (default 0)")
+    p.add_argument("--passwords", default=None, metavar="SPEC", help="passwords of encrypted archives (as above)")
+    p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE", help="passwords file (as above)")
     return parser
 
 
@@ -495,8 +509,26 @@ def cmd_predict(args) -> int:
     return 0 if len(with_scores) else 1
 
 
+def cmd_baselines(args) -> int:
+    from fi_data.discovery import discover
+    from fi_data.splits import apply_split
+    from search.evaluation import annotation_baselines
+
+    found = discover(args.data_dir, _passwords(args), tmp_dir=DEFAULT_CACHE_DIR / "tmp", require_videos=False)
+    if found.labels.empty:
+        raise ValueError(f"{args.data_dir}: no annotation file found (annotation_training.pkl, ... or their zips)")
+    labels = apply_split(found.labels, args.split, seed=args.seed) if args.split != "official" else found.labels
+    table = annotation_baselines(labels)
+    table.columns = ["clips", "mean predictor 1-MAE", "identity lookup 1-MAE", "share of ids in train"]
+    print(f"Baselines from the labels under {args.data_dir} ({args.split} split):")
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    print("The identity lookup predicts each clip as the mean training label of its YouTube video: a model "
+          "that does not beat it may be recognising people, not personality (try --split speaker-disjoint).")
+    return 0
+
+
 HANDLERS = {"run": cmd_run, "prepare": cmd_prepare, "search": cmd_search, "retrain": cmd_retrain,
-            "predict": cmd_predict}
+            "predict": cmd_predict, "baselines": cmd_baselines}
 
 
 def main(argv: list[str] | None = None) -> int:

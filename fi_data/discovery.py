@@ -285,7 +285,7 @@ def _merge_labels(tables: list[tuple[str, pd.DataFrame]], out: _Collector) -> pd
 
 
 def discover(root: str | os.PathLike, passwords=None, split_mode: str = "official", seed: int = 0, *,
-             tmp_dir: str | os.PathLike | None = None) -> DiscoveryResult:
+             tmp_dir: str | os.PathLike | None = None, require_videos: bool = True) -> DiscoveryResult:
     """Find every clip and its labels under ``root`` (see the module docstring).
 
     Args:
@@ -296,6 +296,7 @@ def discover(root: str | os.PathLike, passwords=None, split_mode: str = "officia
         seed: seed of the speaker-disjoint split.
         tmp_dir: the toolkit's folder for temporary copies of inner archives that cannot
             be read in place (default :data:`~fi_data.archives.DEFAULT_TMP_DIR`).
+        require_videos: False: labels alone are enough (``clips`` may be empty).
 
     Returns:
         :class:`DiscoveryResult`; ``print(result.summary())`` shows the mismatch report.
@@ -307,7 +308,8 @@ def discover(root: str | os.PathLike, passwords=None, split_mode: str = "officia
         UnsafePickleError, AnnotationFormatError: an annotation file is malicious, invalid,
             or conflicts with another one.
         FileNotFoundError: no annotation file was found under ``root``.
-        ValueError: no clip has both a video and labels, or an unknown split mode.
+        ValueError: no clip has both a video and labels (with ``require_videos``), or an
+            unknown split mode.
     """
     split_mode = normalize_split_mode(split_mode)
     root = Path(root).resolve()
@@ -334,7 +336,7 @@ def discover(root: str | os.PathLike, passwords=None, split_mode: str = "officia
         labels_without_video=sorted(labelled - out.videos.keys()),
         videos_without_labels=sorted(out.videos.keys() - labelled),
         duplicates=out.duplicates, problems=out.problems, split_mode=split_mode, seed=seed)
-    if clips.empty:
+    if clips.empty and require_videos:
         raise ValueError(f"no clip has both a video and labels\n{result.summary()}")
     return result
 

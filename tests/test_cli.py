@@ -221,3 +221,18 @@ def test_summary_numbers_equal_metrics_json(finished_run):
     assert f"{metrics['scores']['validation']['mean']['one_minus_mae']:.4f}" in text
     assert text.strip().startswith("Verdict: the retrained model")
     assert f"tensorboard --logdir {finished_run['run_dir'] / 'tensorboard'}" in text
+
+
+_ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fi_annotations"
+
+
+@pytest.mark.skipif(not _ANNOTATIONS.is_dir(), reason=f"{_ANNOTATIONS} is absent (the real annotation pickles)")
+def test_baselines_command_needs_only_the_annotations(tmp_path, capsys):
+    import shutil
+
+    for pkl in _ANNOTATIONS.glob("*.pkl"):
+        shutil.copy(pkl, tmp_path / pkl.name)
+    assert run_search.main(["baselines", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    test_line = next(line for line in out.splitlines() if line.startswith("test "))
+    assert test_line.split()[1:4] == ["2000", "0.8814", "0.9049"]
