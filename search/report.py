@@ -112,6 +112,24 @@ def _markdown_table(rows: list, header: list) -> str:
     return "\n".join(lines)
 
 
+def _interval_section(metrics: dict) -> list:
+    """Markdown lines: the test split's bootstrap intervals (``metrics["intervals"]``), if any."""
+    records = metrics.get("intervals", {}).get("test")
+    if not records:
+        return []
+    names = {"model": "model", **(metrics.get("baselines") or {})}
+
+    def label(quantity):
+        if quantity.startswith("model - "):
+            return f"model − {names.get(quantity[8:], quantity[8:])}"
+        return names.get(quantity, quantity)
+
+    rows = [[label(r["quantity"]), r["metric"], r["estimate"], r["low"], r["high"]] for r in records]
+    return [f"Test, 95% intervals ({metrics.get('bootstrap', 'cluster bootstrap over YouTube ids')}); "
+            "a paired difference whose interval excludes 0 is a difference you can trust:", "",
+            _markdown_table(rows, ["quantity", "metric (mean of traits)", "estimate", "low", "high"]), ""]
+
+
 def write_report(run_dir: str | os.PathLike) -> Path:
     """Write ``report.md`` and the plots of a retrained run folder.
 
@@ -148,10 +166,21 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         out += [f"The clip-statistics ridge: {ridge.get('description', '')}; chosen variant "
                 f"`{ridge.get('variant')}` (validation 1-MAE per variant: "
                 + ", ".join(f"{k} {v:.4f}" for k, v in ridge.get("validation_one_minus_mae", {}).items()) + ").", ""]
-    columns = ("one_minus_mae", "baseline_one_minus_mae", *(("ridge_one_minus_mae",) if has_ridge else ()),
-               "r2", "baseline_r2", *(("ridge_r2",) if has_ridge else ()), "spread")
-    header = ["1-MAE", "mean 1-MAE", *(["ridge 1-MAE"] if has_ridge else []), "R²", "mean R²",
-              *(["ridge R²"] if has_ridge else []), "spread"]
+    has_identity = "identity_one_minus_mae" in test
+    if has_identity:
+        shared = metrics.get("identity_shared_id_share", {}).get("test")
+        out += ["The identity lookup predicts each clip as the mean training label of the training clips from "
+                "the same YouTube video (no audio, no video)"
+                + (f"; {shared:.0%} of the test clips share their video with training clips" if shared is not None
+                   else "") + ". A model that does not beat it may be recognising the person rather than reading "
+                "personality; with `--split speaker-disjoint` no video is in two splits and the lookup falls back "
+                "to the mean predictor.", ""]
+    optional = [(has_ridge, "ridge_one_minus_mae", "ridge 1-MAE"), (has_identity, "identity_one_minus_mae",
+                                                                    "identity 1-MAE")]
+    columns = ("one_minus_mae", "baseline_one_minus_mae", *(c for ok, c, _ in optional if ok), "r2",
+               *(("ridge_r2",) if has_ridge else ()), *(("ccc", "pcc") if "ccc" in test else ()), "spread")
+    header = ["1-MAE", "mean 1-MAE", *(h for ok, _, h in optional if ok), "R²",
+              *(["ridge R²"] if has_ridge else []), *(["CCC", "PCC"] if "ccc" in test else []), "spread"]
     out += ["## Scores", "",
             _markdown_table([[s, scores[s]["n"], *(scores[s]["mean"][c] for c in columns)] for s in SPLITS],
                             ["split", "clips", *header]), "",
@@ -160,6 +189,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
             "Test, per trait:", "",
             _markdown_table([[t, *(scores["test"][t][c] for c in columns)] for t in [*TRAITS, "mean"]],
                             ["trait", *header]), "",
+            *_interval_section(metrics),
             f"![test 1-MAE against the baseline](plots/{PLOTS['baseline']})", "",
             f"![test predictions against labels](plots/{PLOTS['scatter']})", ""]
     hp_rows = [[k, v] for k, v in metrics["hyperparameters"].items()]

@@ -18,8 +18,9 @@ from search.verdict import verdict_lines
 
 def scores_table(metrics: dict, split: str = "test") -> pd.DataFrame:
     """One split's scores as a table: rows ``TRAITS`` + ``"mean"``; columns 1-MAE, R² and
-    prediction spread of the model, and 1-MAE and R² of the mean predictor (the training
-    split's mean labels) and of the clip-statistics ridge (``search.baselines``).
+    prediction spread and CCC of the model, 1-MAE of the mean predictor (the training
+    split's mean labels; its R² is about 0 by construction) and of the identity lookup
+    (``search.evaluation``), and 1-MAE and R² of the clip-statistics ridge (``search.baselines``).
 
     Raises:
         KeyError: if ``metrics`` has no scores for ``split``.
@@ -28,8 +29,8 @@ def scores_table(metrics: dict, split: str = "test") -> pd.DataFrame:
     rows = {name: scores[name] for name in (*TRAITS, "mean")}
     table = pd.DataFrame.from_dict(rows, orient="index")
     columns = {"one_minus_mae": "1-MAE", "baseline_one_minus_mae": "mean 1-MAE",
-               "ridge_one_minus_mae": "ridge 1-MAE", "r2": "R²", "baseline_r2": "mean R²",
-               "ridge_r2": "ridge R²", "spread": "spread"}
+               "ridge_one_minus_mae": "ridge 1-MAE", "identity_one_minus_mae": "identity 1-MAE",
+               "r2": "R²", "ridge_r2": "ridge R²", "ccc": "CCC", "spread": "spread"}
     columns = {k: v for k, v in columns.items() if k in table}  # runs older than the ridge baseline
     return table[list(columns)].rename(columns=columns).astype(float)
 
@@ -53,8 +54,8 @@ def format_summary(metrics: dict, run_dir: str | os.PathLike) -> str:
         "",
         *verdict_lines(metrics),
         "",
-        f"Test split ({n_test} clips): the retrained best model beside the mean predictor and the "
-        "clip-statistics ridge",
+        f"Test split ({n_test} clips): the retrained best model beside the mean predictor, the "
+        "clip-statistics ridge and the identity lookup",
         test.to_string(float_format=lambda v: f"{v:.4f}"),
         "",
         f"Validation mean 1-MAE {val_mean['one_minus_mae']:.4f} (mean predictor "

@@ -26,14 +26,19 @@ from fi_models.metrics import score_predictions
 from search.config import SearchConfig
 from search.hypermodel import HYPERPARAMETERS, PersonalityHyperModel
 from search.baselines import ridge_baseline
+from search.evaluation import cluster_bootstrap, identity_lookup_predictions
 from search.runs import BestHyperparameters, RunPaths, cache_identity, load_best_hyperparameters
 from search.tensorboard_logs import hparams_callback
 from search.tuner import OBJECTIVE, make_hypermodel
 
 BASELINE = "the TRAINING split's mean label per trait, predicted for every clip"
 
-BASELINE_NAMES = {"baseline": "mean predictor", "ridge": "clip-statistics ridge"}
+BASELINE_NAMES = {"baseline": "mean predictor", "ridge": "clip-statistics ridge", "identity": "identity lookup"}
 """Column prefix of each baseline in ``metrics.json`` scores -> its name in words."""
+
+
+BOOTSTRAP_RESAMPLES = 1000
+"""Resamples of the cluster bootstrap behind every interval in ``metrics.json``."""
 
 
 class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
@@ -152,9 +157,13 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
 
     Returns:
         The ``metrics.json`` content: ``scores[split][trait or "mean"]`` holds
-        ``one_minus_mae, r2, spread, baseline_one_minus_mae, baseline_r2`` (mean predictor)
-        and ``ridge_one_minus_mae, ridge_r2`` (the clip-statistics ridge,
-        ``search.baselines.ridge_baseline``; NaN written as null), plus ``hyperparameters``,
+        ``one_minus_mae, r2, ccc, pcc, spread`` (the model), ``baseline_*`` (the mean
+        predictor), ``ridge_*`` (the clip-statistics ridge, ``search.baselines.ridge_baseline``)
+        and ``identity_*`` (the identity lookup, ``search.evaluation``) with
+        ``one_minus_mae, r2, ccc`` each (NaN written as null); ``intervals[split]`` (validation,
+        test) the cluster-bootstrap table of ``search.evaluation.cluster_bootstrap`` as
+        records (quantities ``model``, ``baseline``, ``ridge``, ``identity`` and the paired
+        ``model - <baseline>``), plus ``hyperparameters``,
         ``trained_on``, ``epochs_trained``, ``best_epoch`` (0: no epoch beat the untrained
         weights), ``retrain_wall_s``, ``baseline_mean``, ``ridge`` (variant, alphas,
         validation score of each variant) and the file names of the model and its
@@ -213,15 +222,19 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
 
     baseline_mean, _ = hypermodel.target_stats
     ridge = ridge_baseline(cache)  # fitted on train, variant chosen on validation
-    scores, predictions = {}, []
+    train = cache.split("train")
+    scores, predictions, intervals, shared = {}, [], {}, {}
     for split in SPLITS:  # "test" last: it is opened only now, after training and saving.
         clip_ids, y_true, y_pred = predict_split(model, cache, split, crop_size=hypermodel.crop_size,
                                                  batch_size=config.eval_batch_size)
-        table = score_predictions(y_true, y_pred, baseline_mean)
-        ridge_table = score_predictions(y_true, ridge["predictions"][split], baseline_mean)
-        for column in ("one_minus_mae", "r2"):
-            table[f"ridge_{column}"] = ridge_table[column]
+        identity, shared[split] = identity_lookup_predictions(train.clip_ids, train.targets, clip_ids)
+        others = {"ridge": ridge["predictions"][split], "identity": identity}
+        table = score_predictions(y_true, y_pred, baseline_mean, baselines=others)
         scores[split] = {"n": len(clip_ids), **table.to_dict(orient="index")}
+        if split != "train":
+            boot = cluster_bootstrap(y_true, {"model": y_pred, "baseline": np.broadcast_to(baseline_mean, y_true.shape),
+                                              **others}, clip_ids, n_resamples=BOOTSTRAP_RESAMPLES, seed=config.seed)
+            intervals[split] = boot.to_dict(orient="records")
         frame = pd.DataFrame({"split": split, "clip_id": list(clip_ids)})
         for i, trait in enumerate(TRAITS):
             frame[f"true_{trait}"] = y_true[:, i]
@@ -245,6 +258,10 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
         "baseline": BASELINE,
         "baselines": BASELINE_NAMES,
         "ridge": {k: v for k, v in ridge.items() if k != "predictions"},
+        "identity_shared_id_share": shared,
+        "intervals": intervals,
+        "bootstrap": f"{BOOTSTRAP_RESAMPLES} resamples of YouTube ids (search.evaluation.cluster_bootstrap), "
+                     f"seed {config.seed}, 95% percentile intervals",
         "baseline_mean": dict(zip(TRAITS, baseline_mean.tolist())),
         "scores": scores,
     })

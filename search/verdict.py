@@ -9,6 +9,8 @@ loss to it, however small, is a warning, never a success.
 
 from __future__ import annotations
 
+from search.evaluation import format_interval
+
 ADVICE = ("try a longer --time-budget (more trials and epochs), a larger --max-epochs, or wider --choices; "
           "report.md lists every trial")
 """What the warning suggests changing."""
@@ -63,8 +65,28 @@ def verdict_lines(metrics: dict) -> list:
     if losses:
         lines.append(f"WARNING: the model does not beat the {name} on {' and '.join(losses)}; "
                      f"the baseline is the better predictor here. {ADVICE[0].upper()}{ADVICE[1:]}.")
+    paired = interval_line(metrics, "test")
+    if paired:
+        lines.append(paired)
     mean_test, model_test = _mean_score(metrics, "test", "baseline"), _mean_score(metrics, "test", None)
     if prefix != "baseline" and mean_test is not None and model_test is not None and model_test <= mean_test:
         lines.append(f"WARNING: the model is not even better than the mean predictor on test "
                      f"({model_test:.4f} vs {mean_test:.4f}).")
     return lines
+
+
+def interval_line(metrics: dict, split: str) -> str | None:
+    """``"Test, model minus each baseline (1-MAE, 95% interval ...): mean predictor +0.0870
+    [+0.0800, +0.0940]; ..."``, from ``metrics["intervals"]``; None when absent."""
+    records = metrics.get("intervals", {}).get(split)
+    if not records:
+        return None
+    names = metrics.get("baselines") or {"baseline": "mean predictor"}
+    found = {r["quantity"]: r for r in records if r["metric"] == "one_minus_mae"}
+    parts = [f"{name} {format_interval(r['estimate'], r['low'], r['high'])}"
+             for prefix, name in names.items() if (r := found.get(f"model - {prefix}"))]
+    model = found.get("model")
+    head = f"{split.capitalize()} 1-MAE " + (f"{format_interval(model['estimate'], model['low'], model['high'])}; "
+                                             if model else "")
+    return (head + "model minus each baseline, 95% cluster-bootstrap interval over YouTube ids: "
+            + "; ".join(parts) + ".")

@@ -120,3 +120,16 @@ def test_the_verdict_warns_for_a_model_that_loses_to_a_baseline():
     lines = verdict_lines(_metrics(0.90, 0.8999, ridge_val=0.85, ridge_test=0.95, mean_val=0.89, mean_test=0.90))
     assert "the mean predictor (chosen on validation)" in lines[0]
     assert lines[1].startswith("WARNING: the model does not beat the mean predictor on test (-0.0001)")
+
+
+def test_the_verdict_quotes_the_paired_intervals():
+    metrics = _metrics(0.955, 0.957)
+    metrics["intervals"] = {"test": [
+        {"quantity": "model", "metric": "one_minus_mae", "estimate": 0.957, "low": 0.95, "high": 0.96},
+        {"quantity": "model - baseline", "metric": "one_minus_mae", "estimate": 0.077, "low": 0.07, "high": 0.08},
+        {"quantity": "model - ridge", "metric": "one_minus_mae", "estimate": 0.007, "low": -0.001, "high": 0.015},
+        {"quantity": "model - ridge", "metric": "r2", "estimate": 0.1, "low": 0.0, "high": 0.2}]}
+    lines = verdict_lines(metrics)
+    assert lines[1] == ("Test 1-MAE 0.9570 [0.9500, 0.9600]; model minus each baseline, 95% cluster-bootstrap "
+                        "interval over YouTube ids: mean predictor 0.0770 [0.0700, 0.0800]; clip-statistics ridge "
+                        "+0.0070 [-0.0010, +0.0150].")

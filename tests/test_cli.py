@@ -215,8 +215,8 @@ def test_summary_numbers_equal_metrics_json(finished_run):
         line = next(l for l in text.splitlines() if l.startswith(name + " "))
         numbers = [float(x) for x in re.findall(r"-?\d+\.\d+", line)]
         s = metrics["scores"]["test"][name]
-        expected = [s["one_minus_mae"], s["baseline_one_minus_mae"], s["ridge_one_minus_mae"], s["r2"],
-                    s["baseline_r2"], s["ridge_r2"], s["spread"]]
+        expected = [s["one_minus_mae"], s["baseline_one_minus_mae"], s["ridge_one_minus_mae"],
+                    s["identity_one_minus_mae"], s["r2"], s["ridge_r2"], s["ccc"], s["spread"]]
         np.testing.assert_allclose(numbers, expected, atol=5e-5)
     assert f"{metrics['scores']['validation']['mean']['one_minus_mae']:.4f}" in text
     assert text.strip().startswith("Verdict: the retrained model")
