@@ -236,3 +236,22 @@ def test_baselines_command_needs_only_the_annotations(tmp_path, capsys):
     out = capsys.readouterr().out
     test_line = next(line for line in out.splitlines() if line.startswith("test "))
     assert test_line.split()[1:4] == ["2000", "0.8814", "0.9049"]
+
+
+def test_the_baselines_and_intervals_land_in_metrics_and_the_report(finished_run):
+    from search.report import write_report
+
+    run_dir = finished_run["run_dir"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("train", "validation", "test"):
+        mean = metrics["scores"][split]["mean"]
+        for key in ("ridge_one_minus_mae", "ridge_r2", "identity_one_minus_mae", "ccc", "pcc", "baseline_ccc"):
+            assert key in mean
+    assert metrics["ridge"]["variant"] in ("audio", "video", "both")
+    quantities = {r["quantity"] for r in metrics["intervals"]["test"]}
+    assert quantities == {"model", "baseline", "ridge", "identity", "model - baseline", "model - ridge",
+                          "model - identity"}
+    text = write_report(run_dir).read_text()
+    assert text.splitlines()[2].startswith("Verdict: the retrained model")
+    assert f"{metrics['scores']['test']['mean']['ridge_one_minus_mae']:.4f}" in text
+    assert "identity lookup" in text and "Test, 95% intervals" in text and "model − clip-statistics ridge" in text
