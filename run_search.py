@@ -13,6 +13,7 @@ Commands (each has ``--help``):
     retrain   retrain + score + report from saved hyperparameters (a run folder or a JSON file)
     predict   score new clips with a finished run's model
     baselines the mean and identity-lookup baselines per split, from the labels alone
+    compare   one row per finished run: data, trials, test scores with intervals, baselines
 
 This file only parses arguments and orchestrates the stages of the toolkit (``fi_data``,
 ``search``); nothing heavy is imported before a command starts, so ``--help`` is instant.
@@ -26,7 +27,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-COMMANDS = ("run", "prepare", "search", "retrain", "predict", "baselines")
+COMMANDS = ("run", "prepare", "search", "retrain", "predict", "baselines", "compare")
 DEFAULT_RUNS_DIR = ROOT / "tuner_runs"
 DEFAULT_CACHE_DIR = ROOT / ".fi_cache"
 
@@ -286,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the speaker-disjoint split (default 0)")
     p.add_argument("--passwords", default=None, metavar="SPEC", help="passwords of encrypted archives (as above)")
     p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE", help="passwords file (as above)")
+
+    p = sub.add_parser("compare", help="compare finished runs: one row each, printed and written as markdown + CSV",
+                       description="One row per finished run folder: dataset (cache key), clips per split, the "
+                                   "share of test clips whose YouTube id is in training (the split protocol), "
+                                   "trials, search wall time, test 1-MAE / R² / CCC with 95%% intervals, the "
+                                   "baselines and the best hyperparameters.")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="finished run folders")
+    p.add_argument("--out", type=Path, default=DEFAULT_RUNS_DIR / "comparison",
+                   help="output prefix: <out>.md and <out>.csv (default: tuner_runs/comparison)")
     return parser
 
 
@@ -527,8 +537,17 @@ def cmd_baselines(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from search.compare import compare_runs
+
+    table = compare_runs(args.runs, args.out)
+    print(table.drop(columns=["best hyperparameters"]).to_string(index=False))
+    print(f"\nWritten {args.out.with_suffix('.md')} and {args.out.with_suffix('.csv')} (with the best hyperparameters)")
+    return 0
+
+
 HANDLERS = {"run": cmd_run, "prepare": cmd_prepare, "search": cmd_search, "retrain": cmd_retrain,
-            "predict": cmd_predict, "baselines": cmd_baselines}
+            "predict": cmd_predict, "baselines": cmd_baselines, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

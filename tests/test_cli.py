@@ -53,6 +53,8 @@ def test_every_documented_flag_parses(command):
         argv += [action.option_strings[0], *_sample_value(action)]
     if command == "predict":
         argv += ["clip.mp4"]
+    if command == "compare":
+        argv += ["tuner_runs/a"]
     args = run_search.parse_args(argv)
     assert args.command == command
     for action in sub._actions:  # every flag took its sample value, not its default
@@ -255,3 +257,20 @@ def test_the_baselines_and_intervals_land_in_metrics_and_the_report(finished_run
     assert text.splitlines()[2].startswith("Verdict: the retrained model")
     assert f"{metrics['scores']['test']['mean']['ridge_one_minus_mae']:.4f}" in text
     assert "identity lookup" in text and "Test, 95% intervals" in text and "model − clip-statistics ridge" in text
+
+
+def test_compare_two_runs_writes_markdown_and_csv(finished_run, tmp_path, capsys):
+    import shutil
+
+    first = finished_run["run_dir"]
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    out = tmp_path / "cmp"
+    assert run_search.main(["compare", str(first), str(second), "--out", str(out)]) == 0
+    table = pd.read_csv(out.with_suffix(".csv"))
+    assert list(table["run"]) == ["fixture", "second"]
+    metrics = json.loads((first / "metrics.json").read_text())
+    assert table.loc[0, "test 1-MAE"].startswith(f"{metrics['scores']['test']['mean']['one_minus_mae']:.4f} [")
+    assert "| run | dataset |" in out.with_suffix(".md").read_text()
+    assert run_search.main(["compare", str(tmp_path / "nothing")]) == 2
+    assert "metrics.json: missing" in capsys.readouterr().err
