@@ -63,10 +63,13 @@ from fi_data.cache_format import (FORMAT_VERSION, MANIFEST_NAME, FeatureCache, S
                                   write_json_atomic, write_split)
 from fi_data.ffmpeg_tools import MediaError, decode_clip, ffmpeg_version, probe, require_ffmpeg
 from fi_data.traits import SPLITS, TRAITS
-from fi_data.video import evenly_spaced_indices, is_odd_resolution, resize_chain
+from fi_data.video import detect_bars, evenly_spaced_indices, fit_frames, is_odd_resolution, source_chain
 
-FEATURE_VERSION = 1
-"""Bumped whenever the extraction code changes its output; part of the cache key."""
+FEATURE_VERSION = 2
+"""Bumped whenever the extraction code changes its output; part of the cache key.
+
+2: black bars are removed before the resize (``fi_data.video.detect_bars``), which is OpenCV's.
+"""
 
 PARTS_DIR, TMP_DIR, ASSEMBLY_DIR = "parts", "tmp", "assembly"
 _PARTIAL_PREFIX = ".partial-"
@@ -90,7 +93,8 @@ class PreprocessParams:
     explained in ``fi_data.audio``.
 
     Video (see ``fi_data.video``): ``n_frames`` per clip, ``frame_height`` x ``frame_width``
-    pixels, ``scale_flags`` (swscale algorithm), ``skip_loop_filter`` (skip H.264 deblocking
+    pixels, ``scale_flags`` (resize algorithm by swscale's name, ``"area"``, ``"bilinear"``,
+    ``"bicubic"``, ``"lanczos"`` or ``"neighbor"``), ``skip_loop_filter`` (skip H.264 deblocking
     when decoding; faster, changes pixels slightly).
 
     Raises:
@@ -166,7 +170,9 @@ class ClipFeatures:
         flags: problems the clip was kept with.
         detail: ffmpeg's messages or the exception text, for humans ("" if none).
         info: ``video_frames`` (decoded), ``frame_count_hint``, ``audio_frames`` (T before
-            padding), ``source_size`` ``[w, h]`` where known.
+            padding), ``source_size`` ``[w, h]`` where known, ``crop`` (the picture inside the
+            black bars, ``{"top", "bottom", "left", "right"}`` in source pixels, bottom/right
+            exclusive; the whole frame when there are none; see ``fi_data.video.detect_bars``).
     """
 
     audio: np.ndarray | None
@@ -201,8 +207,11 @@ def _extract(path: str | os.PathLike, params: PreprocessParams, *, threads: int,
         flags.append("mono_audio")
     if is_odd_resolution(info.width, info.height, params.frame_height):
         flags.append("odd_resolution")
-    decode = dict(frame_chain=resize_chain(params.frame_height, params.frame_width, params.scale_flags),
-                  frame_size=(params.frame_height, params.frame_width), threads=threads,
+    if info.width <= 0 or info.height <= 0:
+        return _skipped("decode_failed", f"ffprobe gives no frame size ({info.width}x{info.height})", clip_info)
+    # Frames come out at source size: the bars are found and cropped before the resize.
+    decode = dict(frame_chain=source_chain(info.width, info.height, params.scale_flags),
+                  frame_size=(info.height, info.width), threads=threads,
                   skip_loop_filter=params.skip_loop_filter, timeout_s=timeout_s, tmp_dir=tmp_dir)
     # Pass 1 picks frames by the container's count (right for sound clips) and counts the
     # frames that really decode; pass 2 (video only) runs only if that count differs.
@@ -240,6 +249,9 @@ def _extract(path: str | os.PathLike, params: PreprocessParams, *, threads: int,
             return _skipped("decode_failed", f"decoding is not repeatable: {dec.n_video_frames} then "
                             f"{again.n_video_frames} frames", clip_info)
         frames = again.frames
+    box = detect_bars(frames)  # over the clip's distinct sampled frames, in source pixels
+    clip_info["crop"] = box.to_dict()
+    frames = fit_frames(frames, box, params.frame_height, params.frame_width, params.scale_flags)
     frames = frames[np.searchsorted(unique, indices)]
     if dec.n_video_frames < params.n_frames:
         flags.append("few_decodable_frames")

@@ -180,6 +180,25 @@ def test_extract_clip_features_gives_the_cached_row(bad_cache, clips):
     assert extract_clip_features(clips["empty"], params, 10).status == "empty_file"
 
 
+def test_black_bars_are_cropped_in_the_cache_and_for_prediction_alike(clips, tmp_path):
+    """The crop box goes into the clip's manifest entry; predict's extraction gives the same frames."""
+    barred = tmp_path / "letterbox.mp4"  # 4:3 frame, 16:9 picture: 18 black rows top and bottom
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=192x108:rate=30:duration=2,pad=192:144:0:18:black",
+           "-f", "lavfi", "-t", "2", "-i", "sine=frequency=330:sample_rate=44100", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", "-c:a", "aac", barred)
+    table = table_for({**clips, "letterbox": barred}, ["good", "letterbox"], {"letterbox": "train"})
+    cache = open_cache(build_cache(table, tmp_path / "cache", open_clip=open_path, workers=1, progress=False))
+    entries = cache.manifest["clips"]
+    assert entries[clip_id("letterbox")]["crop"] == {"top": 18, "bottom": 126, "left": 0, "right": 192}
+    assert entries[clip_id("good")]["crop"] == {"top": 0, "bottom": 144, "left": 0, "right": 192}
+    arrays = cache.split("train")
+    frames = arrays.frames[arrays.clip_ids.index(clip_id("letterbox"))]
+    assert (frames.max(axis=(0, 2, 3)) > 0).all()  # every row is picture: the bars are gone
+    again = extract_clip_features(barred, PreprocessParams.from_dict(cache.params), cache.manifest["mfcc_frames_mean"])
+    np.testing.assert_array_equal(again.frames, frames)
+    assert again.info["crop"] == entries[clip_id("letterbox")]["crop"]
+
+
 def test_sample_plot_png(bad_cache, tmp_path):
     _, cache_dir = bad_cache
     out = plot_samples(cache_dir, tmp_path / "plots" / "samples.png", n=3)

@@ -7,7 +7,8 @@ import pytest
 
 from fi_data.cache import PreprocessParams, extract_clip_features
 from fi_data.ffmpeg_tools import passthrough_args
-from fi_data.video import evenly_spaced_indices, fit_geometry, is_odd_resolution, resize_chain
+from fi_data.video import (BAR_LUMA_MAX, CropBox, detect_bars, evenly_spaced_indices, fit_frames, fit_geometry,
+                           is_odd_resolution, source_chain)
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 
@@ -74,6 +75,18 @@ def test_4_3_clip_is_padded_not_stretched(tmp_path):
 
 
 @needs_ffmpeg
+def test_non_square_pixels_keep_the_display_aspect_ratio(tmp_path):
+    """144x144 stored with 4:3 pixels displays as 192x144 (4:3): laid out like a 4:3 clip."""
+    clip = make_square_clip(tmp_path / "anamorphic.mp4", 144, 144, ",setsar=4/3")
+    result = extract_clip_features(clip, PreprocessParams(), 10)
+    assert result.info["crop"] == {"top": 18, "bottom": 126, "left": 0, "right": 144}  # 144x108 in the 144x144 box
+    lit = result.frames[0].max(axis=(0, 2)) > 0
+    assert not lit[:30].any() and not lit[217:].any() and lit[30:217].all()
+    w, h = white_box(result.frames[0])
+    assert abs(w - 1.33 * h) <= 2  # the stored square is a 4:3 rectangle on screen
+
+
+@needs_ffmpeg
 def test_16_9_and_wider_clips_are_centre_cropped(tmp_path):
     clip = make_square_clip(tmp_path / "sixteen_nine.mp4", 256, 144)
     frame = extract_clip_features(clip, PreprocessParams(), 10).frames[0]
@@ -90,12 +103,13 @@ def test_16_9_and_wider_clips_are_centre_cropped(tmp_path):
     assert abs(w - h) <= 1
 
 
-def all_frames(path, params):
-    """Every decodable frame through the same resize, by a separate plain ffmpeg run."""
+def all_frames(path, params, width=192, height=144):
+    """Every decodable frame at source size, then the same resize, by a separate plain ffmpeg run."""
     raw = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "quiet", "-skip_loop_filter", "all", "-i", str(path),
-                          "-vf", resize_chain(params.frame_height, params.frame_width), *passthrough_args(),
+                          "-vf", source_chain(width, height), *passthrough_args(),
                           "-f", "rawvideo", "-"], capture_output=True, check=False).stdout
-    return np.frombuffer(raw, np.uint8).reshape(-1, params.frame_height, params.frame_width, 3)
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+    return fit_frames(frames, CropBox(0, height, 0, width), params.frame_height, params.frame_width)
 
 
 @needs_ffmpeg
@@ -109,6 +123,7 @@ def test_frames_are_evenly_spaced_over_the_frames_that_decode(tmp_path):
     reference = all_frames(clip, params)
     assert len(reference) == 60 and good.info["video_frames"] == 60
     np.testing.assert_array_equal(good.frames, reference[[5, 15, 25, 35, 45, 55]])
+    assert good.info["crop"] == {"top": 0, "bottom": 144, "left": 0, "right": 192}  # testsrc2 has no bars
     # Cut the file: its header still promises 60 frames, fewer decode.
     data = clip.read_bytes()
     cut = tmp_path / "cut.mp4"
@@ -119,3 +134,122 @@ def test_frames_are_evenly_spaced_over_the_frames_that_decode(tmp_path):
     assert result.info == {**result.info, "frame_count_hint": 60, "video_frames": len(reference)}
     assert "frame_count_mismatch" in result.flags
     np.testing.assert_array_equal(result.frames, reference[evenly_spaced_indices(len(reference), 6)])
+
+
+# ----------------------------------------------------------------------------------------
+# Black bars: pure detection on arrays, then real clips end to end
+
+
+def scene(n=6, h=720, w=960, seed=0, low=30, high=230):
+    """Textured frames (uniform noise in [low, high]) that change from frame to frame."""
+    return np.random.default_rng(seed).integers(low, high + 1, size=(n, h, w, 3), dtype=np.uint8)
+
+
+def test_letterbox_960x720_is_cropped_to_the_picture():
+    frames = scene()
+    frames[:, :90] = 0
+    frames[:, 630:] = 0
+    frames[:, 88:90, ::50] = 11  # H.264 ringing next to the picture: max 11, SD 1.5 (as measured on a real encode)
+    box = detect_bars(frames)
+    assert box == CropBox(90, 630, 0, 960)
+    fitted = fit_frames(frames, box)
+    assert fitted.shape == (6, 140, 248, 3)
+    assert (fitted.max(axis=(0, 2, 3)) > 100).all() and (fitted.max(axis=(0, 1, 3)) > 100).all()  # no black left
+    uncropped = fit_frames(frames, CropBox(0, 720, 0, 960))
+    assert (uncropped[:, :15].max() <= 12) and uncropped.max(axis=(0, 1, 3))[:30].max() == 0  # what it was
+
+
+def test_pillarbox_is_cropped():
+    frames = scene(w=1280)
+    frames[:, :, :160] = 0
+    frames[:, :, 1120:] = 1
+    assert detect_bars(frames) == CropBox(0, 720, 160, 1120)
+
+
+def test_frames_without_bars_are_left_as_they_are():
+    frames = scene(n=3, h=144, w=192)
+    box = detect_bars(frames)
+    assert box == CropBox(0, 144, 0, 192)
+    np.testing.assert_array_equal(fit_frames(frames, box, 144, 192), frames)  # same size: untouched
+
+
+@pytest.mark.parametrize("name, frames", [
+    # a dark, textured scene: every pixel below BAR_LUMA_MAX, but not flat
+    ("dark scene", scene(low=0, high=20)),
+    # flat dark grey: every row and column looks like a bar; the 50% rule keeps the frame whole
+    ("flat dark", np.full((6, 720, 960, 3), 12, np.uint8)),
+    ("black (a fade)", np.zeros((6, 720, 960, 3), np.uint8)),
+])
+def test_dark_unbarred_frames_are_not_cropped(name, frames):
+    assert frames.max() <= BAR_LUMA_MAX
+    assert detect_bars(frames) == CropBox(0, 720, 0, 960), name
+
+
+def test_bars_count_only_from_the_edges_and_must_leave_half_the_frame():
+    frames = scene()
+    frames[:, 300:400] = 0  # a black band inside the picture is not a bar
+    assert detect_bars(frames) == CropBox(0, 720, 0, 960)
+    frames = scene()
+    frames[:, :200] = 0
+    frames[:, 500:] = 0  # would leave 300 of 720 rows (42%): dark, not barred
+    assert detect_bars(frames) == CropBox(0, 720, 0, 960)
+    frames[:, :, :100] = 0  # the columns are still judged (over all rows, as none were cropped)
+    assert detect_bars(frames) == CropBox(0, 720, 100, 960)
+
+
+def test_a_row_bright_in_one_sampled_frame_is_not_a_bar():
+    frames = scene()
+    frames[:, :90] = 0
+    frames[3, 60:90, 500] = 200  # e.g. a caption in the bar, shown in one sampled frame
+    assert detect_bars(frames) == CropBox(60, 720, 0, 960)  # the caption's rows and all below are picture
+
+
+def test_fit_frames_and_detect_bars_refuse_bad_input():
+    with pytest.raises(ValueError, match="scale_flags"):
+        fit_frames(scene(n=1, h=20, w=20), CropBox(0, 20, 0, 20), scale_flags="fast_bilinear")
+    with pytest.raises(ValueError, match="not inside"):
+        fit_frames(scene(n=1, h=20, w=20), CropBox(0, 30, 0, 20))
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        detect_bars(np.zeros((2, 20, 20), np.uint8))
+
+
+@needs_ffmpeg
+def test_letterboxed_960x720_clip_fills_the_frame(tmp_path):
+    """A 16:9 picture between bars in 960x720 gives the frames of the 16:9 picture alone."""
+    def encode(path, vf):
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                        f"testsrc2=size=960x540:rate=30:duration=1{vf}", "-c:v", "libx264", "-crf", "18",
+                        "-pix_fmt", "yuv420p", str(path)], check=True)
+        return extract_clip_features(path, PreprocessParams(), 10)
+
+    barred = encode(tmp_path / "letterbox.mp4", ",pad=960:720:0:90:black")
+    plain = encode(tmp_path / "plain.mp4", "")
+    assert barred.info["crop"] == {"top": 90, "bottom": 630, "left": 0, "right": 960}
+    assert plain.info["crop"] == {"top": 0, "bottom": 540, "left": 0, "right": 960}
+    lit = barred.frames.max(axis=(0, 3))
+    assert (lit.max(axis=1) > 0).all() and (lit.max(axis=0) > 0).all()  # 140 rows high (not 105), 248 wide
+    diff = np.abs(barred.frames.astype(int) - plain.frames.astype(int))
+    assert diff.mean() < 2 and np.percentile(diff, 99) < 20  # the same picture, up to the two encodes
+
+
+@needs_ffmpeg
+def test_pillarboxed_clip_is_cropped_and_laid_out_like_4_3(tmp_path):
+    clip = make_square_clip(tmp_path / "pillar.mp4", 256, 144, ",drawbox=x=0:y=0:w=32:h=144:color=black:t=fill"
+                                                               ",drawbox=x=224:y=0:w=32:h=144:color=black:t=fill")
+    result = extract_clip_features(clip, PreprocessParams(), 10)
+    assert result.info["crop"] == {"top": 0, "bottom": 144, "left": 32, "right": 224}  # the 192x144 (4:3) picture
+    lit = result.frames[0].max(axis=(0, 2)) > 0
+    assert not lit[:30].any() and not lit[217:].any() and lit[30:217].all()  # as a 4:3 clip: 30 left, 31 right
+    w, h = white_box(result.frames[0])
+    assert abs(w - h) <= 1 and abs(h - 70) <= 1
+
+
+@needs_ffmpeg
+def test_dark_unbarred_clip_is_not_cropped(tmp_path):
+    clip = tmp_path / "dark.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=192x144:rate=30:duration=1,eq=brightness=-0.5,noise=alls=8:allf=t+u",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)], check=True)
+    result = extract_clip_features(clip, PreprocessParams(), 10)
+    assert result.info["crop"] == {"top": 0, "bottom": 144, "left": 0, "right": 192}
+    assert result.frames.mean() < 40  # it really is dark
