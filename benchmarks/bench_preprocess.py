@@ -2,14 +2,20 @@
 
 Makes a few clips like First Impressions V2 itself (1280x720, 15.3 s, 30 fps, H.264 + AAC
 44.1 kHz stereo; lavfi ``testsrc2`` with grain so the decoder works as on camera footage, and
-a tone) in a temporary folder, then prints three ratios (medians over rounds, each round
-timing every method on the same clip back to back):
+a tone; the last ``--letterboxed`` clips are 960x720 with a 16:9 picture between black bars,
+as part of the release is) in a temporary folder, then prints three ratios (medians over
+rounds, each round timing every method on the same clip back to back):
 
 1. per-clip preprocessing (``fi_data.cache.extract_clip_features``: probe, one decode pass,
    MFCC, 6 frames) / ``ffmpeg -i clip -f null -`` (a full decode)         target <= 1.0
 2. the common approach (every frame to JPEG with ffmpeg, then read 6 with cv2 and resize)
    / ours                                                                 target >= 3
 3. ``build_cache`` throughput with 2 workers / with 1 worker              target >= 1.7
+
+and, beside the full decode, what the black-bar removal costs per clip: ``bars`` (the
+detection, ``fi_data.video.detect_bars``, plus the crop and resize, ``fit_frames``, on the six
+source-size frames) and the extra time ``decode_clip`` takes to pass six source-size frames
+out of ffmpeg instead of six 248x140 ones (``source frames`` - ``small frames``).
 
 Ratios 1 and 2 are given both with ffmpeg's default threading and with one thread per
 process (how ``build_cache`` decodes: its parallelism is over clips). The load average is
@@ -36,14 +42,16 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fi_data.cache import PreprocessParams, build_cache, extract_clip_features, open_path  # noqa: E402
-from fi_data.ffmpeg_tools import input_url, require_ffmpeg  # noqa: E402
+from fi_data.ffmpeg_tools import decode_clip, input_url, probe, require_ffmpeg  # noqa: E402
 from fi_data.traits import TRAITS  # noqa: E402
-from fi_data.video import evenly_spaced_indices, fit_geometry  # noqa: E402
+from fi_data.video import detect_bars, evenly_spaced_indices, fit_frames, fit_geometry, source_chain  # noqa: E402
 
 
-def make_clip(path: Path, seed: int, width: int = 1280, height: int = 720, seconds: float = 15.3) -> None:
-    """A real-size H.264 + AAC clip (grainy test pattern + a tone)."""
-    video = f"testsrc2=size={width}x{height}:rate=30:duration={seconds},noise=alls=12:allf=t+u:all_seed={seed}"
+def make_clip(path: Path, seed: int, letterboxed: bool = False, seconds: float = 15.3) -> None:
+    """A real-size H.264 + AAC clip (grainy test pattern + a tone): 1280x720, or a 960x540
+    picture between black bars in 960x720."""
+    size, bars = ("960x540", ",pad=960:720:0:90:black") if letterboxed else ("1280x720", "")
+    video = f"testsrc2=size={size}:rate=30:duration={seconds},noise=alls=12:allf=t+u:all_seed={seed}{bars}"
     audio = f"sine=frequency={200 + 40 * seed}:sample_rate=44100:duration={seconds}"
     subprocess.run([require_ffmpeg()[0], "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
                     "-f", "lavfi", "-i", video, "-f", "lavfi", "-i", audio, "-ac", "2",
@@ -89,6 +97,7 @@ def load() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clips", type=int, default=4, help="real-size clips to make (default 4)")
+    ap.add_argument("--letterboxed", type=int, default=1, help="how many of them are letterboxed 960x720 (default 1)")
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds per clip (default 3)")
     ap.add_argument("--copies", type=int, default=3, help="cache entries per clip for the worker test (default 3)")
     ap.add_argument("--workers-only", action="store_true", help="measure only ratio 3 (2 workers vs 1)")
@@ -100,10 +109,12 @@ def main() -> None:
         tmp = Path(tmp)
         clips = [tmp / f"clip{i}.mp4" for i in range(args.clips)]
         start = time.perf_counter()
+        n_boxed = min(args.letterboxed, len(clips))
         for i, clip in enumerate(clips):
-            make_clip(clip, i)
+            make_clip(clip, i, letterboxed=i >= len(clips) - n_boxed)
         mb = sum(c.stat().st_size for c in clips) / len(clips) / 1e6
-        print(f"made {len(clips)} clips 1280x720 15.3 s ({mb:.1f} MB each) in {time.perf_counter() - start:.1f} s")
+        print(f"made {len(clips)} clips of 15.3 s, {len(clips) - n_boxed} 1280x720 and {n_boxed} letterboxed 960x720 "
+              f"({mb:.1f} MB each) in {time.perf_counter() - start:.1f} s")
         extract_clip_features(clips[0], params, m)  # warm-up: librosa's first call loads its JIT cache
         if not args.workers_only:
             per_clip_ratios(clips, params, m, args.rounds, tmp)
@@ -111,8 +122,26 @@ def main() -> None:
     print(load())
 
 
+def bar_costs(clip: Path, params: PreprocessParams, threads: int | None) -> dict:
+    """Seconds for one clip: ``decode_clip`` (audio + 6 frames) giving 248x140 frames, giving
+    source-size frames, and the bar detection + crop + resize on the latter."""
+    info = probe(clip)
+    common = dict(frame_indices=evenly_spaced_indices(info.frame_count_hint, params.n_frames),
+                  audio_rate=params.sample_rate, audio_channels=info.audio_channels, threads=threads or 0)
+    small = f"scale={params.frame_width}:{params.frame_height}:flags={params.scale_flags},format=rgb24"
+    t_small = timed(lambda: decode_clip(clip, frame_chain=small, frame_size=(params.frame_height, params.frame_width),
+                                        **common))
+    start = time.perf_counter()
+    frames = decode_clip(clip, frame_chain=source_chain(info.width, info.height, params.scale_flags),
+                         frame_size=(info.height, info.width), **common).frames
+    t_source = time.perf_counter() - start
+    t_bars = timed(lambda: fit_frames(frames, detect_bars(frames), params.frame_height, params.frame_width,
+                                      params.scale_flags))
+    return {"small frames": t_small, "source frames": t_source, "bars": t_bars}
+
+
 def per_clip_ratios(clips: list[Path], params: PreprocessParams, m: int, rounds: int, tmp: Path) -> None:
-    """Ratios 1 and 2: the three methods on the same clip back to back, medians over rounds."""
+    """Ratios 1 and 2 and the bar-removal cost: all methods on the same clip back to back, medians over rounds."""
     rows = []
     for _ in range(rounds):
         for clip in clips:
@@ -122,14 +151,19 @@ def per_clip_ratios(clips: list[Path], params: PreprocessParams, m: int, rounds:
                     "decode": timed(lambda: full_decode(clip, threads)),
                     "ours": timed(lambda: extract_clip_features(clip, params, m, threads=threads or 0)),
                     "jpeg": timed(lambda: jpeg_then_pick(clip, tmp, threads, params)),
+                    **bar_costs(clip, params, threads),
                 })
     times = pd.DataFrame(rows).groupby("threads").median()
     print(f"\nper-clip seconds, median of {rounds} rounds x {len(clips)} clips ({load()}):")
     print(times.round(3).to_string())
     for label in times.index:
         t = times.loc[label]
+        extra = t["source frames"] - t["small frames"]
         print(f"ffmpeg threads {label:>4}: ours / full decode = {t.ours / t.decode:.2f} (target <= 1.0); "
               f"JPEG-then-pick / ours = {t.jpeg / t.ours:.2f} (target >= 3)")
+        print(f"{'':19}black bars: detection + crop + resize {t.bars * 1e3:.0f} ms = {t.bars / t.decode:.1%} of a full "
+              f"decode; source-size frames out of ffmpeg {extra * 1e3:+.0f} ms = {extra / t.decode:+.1%}; "
+              f"together {(t.bars + extra) / t.ours:.1%} of ours")
 
 
 def worker_ratio(clips: list[Path], params: PreprocessParams, copies: int, tmp: Path) -> None:
