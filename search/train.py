@@ -22,11 +22,12 @@ import pandas as pd
 from fi_data.cache_format import FeatureCache, write_json_atomic
 from fi_data.pipeline import make_dataset
 from fi_data.traits import SPLITS, TRAITS
+from fi_models.fusion import OUTPUT_NAME
 from fi_models.metrics import score_predictions
-from search.config import SearchConfig
-from search.hypermodel import HYPERPARAMETERS, PersonalityHyperModel
 from search.baselines import ridge_baseline
+from search.config import SearchConfig
 from search.evaluation import cluster_bootstrap, identity_lookup_predictions
+from search.hypermodel import HYPERPARAMETERS, PersonalityHyperModel
 from search.runs import BestHyperparameters, RunPaths, cache_identity, load_best_hyperparameters
 from search.tensorboard_logs import hparams_callback
 from search.tuner import OBJECTIVE, make_hypermodel
@@ -133,7 +134,8 @@ def preprocessing_record(cache: FeatureCache, hypermodel: PersonalityHyperModel)
 
 
 def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: SearchConfig, *,
-                         hypermodel: PersonalityHyperModel | None = None) -> dict:
+                         hypermodel: PersonalityHyperModel | None = None, retrain_seeds: int = 1,
+                         ensemble: list | None = None) -> dict:
     """Retrain a configuration from scratch, save it, and score it on every split.
 
     Args:
@@ -147,6 +149,13 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
         config: the settings (seed, epochs, patience, ``train_on_train_plus_val``, batch
             size for scoring, crop size, ...).
         hypermodel: overrides ``search.tuner.make_hypermodel(cache, config)``.
+        retrain_seeds: train the configuration this many times, with seeds ``config.seed``,
+            ``config.seed + 1``, ...; the one with the best validation score is saved, and
+            ``metrics["seeds"]`` holds every seed's scores and their mean and SD.
+        ensemble: hyperparameters (as ``hyperparameters``) of further members: each is
+            trained once, and ``best_model.keras`` averages the best configuration's model
+            with them (:func:`averaging_model`); ``scores`` are then the ensemble's and
+            ``metrics["ensemble"]["best_single"]`` the single model's mean row per split.
 
     Training: on ``train`` for ``config.retrain_epochs`` (default ``max_epochs``) epochs with
     ``EarlyStopping`` on validation 1-MAE (patience ``early_stopping_patience``; the best
@@ -182,39 +191,22 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
         raise ValueError(f"unknown hyperparameters {unknown}; known: {list(HYPERPARAMETERS)}")
     hypermodel = hypermodel or make_hypermodel(cache, config)
     keras.backend.clear_session()
-    keras.utils.set_random_seed(config.seed)
-
-    hp = kt.HyperParameters()
-    hp.values = dict(best.values)
-    model = hypermodel.build(hp)
-    resolved = {p.name: hp.values[p.name] for p in hp.space if hp.is_active(p)}
-    batch_size = int(resolved["batch_size"])
-
     shutil.rmtree(paths.retrain_tensorboard, ignore_errors=True)
-    callbacks = [keras.callbacks.TensorBoard(log_dir=str(paths.retrain_tensorboard), write_graph=False),
-                 hparams_callback(paths.retrain_tensorboard, resolved, "retrain"),
-                 keras.callbacks.TerminateOnNaN(raise_error=True)]
-    if config.train_on_train_plus_val:
-        trained_on = ["train", "validation"]
-        epochs = best.best_epoch or config.retrain_epochs or config.max_epochs
-        train_ds, val_ds = hypermodel.datasets(batch_size, train_splits=trained_on, validation=False)
-        stopper = None
-    else:
-        trained_on = ["train"]
-        epochs = config.retrain_epochs or config.max_epochs
-        train_ds, val_ds = hypermodel.datasets(batch_size)
-        # patience 0 (no early stopping) still restores the best epoch's weights.
-        stopper = EarlyStoppingFromStart(val_ds, monitor=OBJECTIVE.name, mode="max",
-                                         patience=config.early_stopping_patience or epochs)
-        callbacks.append(stopper)
-    started = time.monotonic()
-    try:
-        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-                            verbose=config.verbose, shuffle=False)
-    except RuntimeError as e:
-        raise RuntimeError(f"retraining {resolved} failed: {e}") from e
-    retrain_wall_s = time.monotonic() - started
-    _save_model(model, paths.best_model)
+    seeds = [config.seed + i for i in range(max(1, retrain_seeds))]
+    runs = [_fit_one(hypermodel, best, config, seed, paths.retrain_tensorboard / ("" if i == 0 else f"seed{seed}"))
+            for i, seed in enumerate(seeds)]
+    chosen = 0
+    if len(runs) > 1 and runs[0]["stopper"] is not None:  # choose on validation (held out)
+        chosen = int(np.argmax([r["stopper"].best for r in runs]))
+    run = runs[chosen]
+    model, history, stopper, resolved = run["model"], run["history"], run["stopper"], run["resolved"]
+    trained_on, epochs, retrain_wall_s = run["trained_on"], run["epochs"], sum(r["wall_s"] for r in runs)
+    members = []
+    for k, values in enumerate(ensemble or []):
+        members.append(_fit_one(hypermodel, _as_best(values), config, config.seed,
+                                paths.retrain_tensorboard / f"ensemble{k}")["model"])
+    delivered = averaging_model([model, *members]) if members else model
+    _save_model(delivered, paths.best_model)
     write_json_atomic(paths.preprocessing, preprocessing_record(cache, hypermodel))
     hist = pd.DataFrame(history.history)
     hist.insert(0, "epoch", np.asarray(history.epoch) + 1)
@@ -224,9 +216,19 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
     ridge = ridge_baseline(cache)  # fitted on train, variant chosen on validation
     train = cache.split("train")
     scores, predictions, intervals, shared = {}, [], {}, {}
+    seed_scores, single = {}, {}
     for split in SPLITS:  # "test" last: it is opened only now, after training and saving.
-        clip_ids, y_true, y_pred = predict_split(model, cache, split, crop_size=hypermodel.crop_size,
+        clip_ids, y_true, y_pred = predict_split(delivered, cache, split, crop_size=hypermodel.crop_size,
                                                  batch_size=config.eval_batch_size)
+        if len(runs) > 1:
+            seed_scores[split] = [score_predictions(y_true, predict_split(r["model"], cache, split,
+                                                                          crop_size=hypermodel.crop_size,
+                                                                          batch_size=config.eval_batch_size)[2],
+                                                    baseline_mean).loc["mean"].to_dict() for r in runs]
+        if members:
+            single[split] = score_predictions(y_true, predict_split(model, cache, split, crop_size=hypermodel.crop_size,
+                                                                    batch_size=config.eval_batch_size)[2],
+                                              baseline_mean).loc["mean"].to_dict()
         identity, shared[split] = identity_lookup_predictions(train.clip_ids, train.targets, clip_ids)
         others = {"ridge": ridge["predictions"][split], "identity": identity}
         table = score_predictions(y_true, y_pred, baseline_mean, baselines=others)
@@ -264,6 +266,77 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
                      f"seed {config.seed}, 95% percentile intervals",
         "baseline_mean": dict(zip(TRAITS, baseline_mean.tolist())),
         "scores": scores,
+        "seeds": None if len(runs) == 1 else {
+            "seeds": seeds, "saved_seed": seeds[chosen],
+            "chosen_by": "best validation 1-MAE" if runs[0]["stopper"] is not None else
+                         "the first seed (trained on validation too: nothing held out to choose on)",
+            "per_seed": seed_scores,
+            "summary": {split: {m: {"mean": float(np.mean([r[m] for r in rows])), "sd": float(np.std([r[m] for r in rows]))}
+                                for m in ("one_minus_mae", "r2", "ccc")} for split, rows in seed_scores.items()}},
+        "ensemble": None if not members else {
+            "members": [resolved, *[_as_best(v).values for v in ensemble]],
+            "member_trials": [best.trial_id, *[_as_best(v).trial_id for v in ensemble]],
+            "best_single": single,
+            "note": "best_model.keras averages the members' predictions; scores are the ensemble's"},
     })
     write_json_atomic(paths.metrics, metrics)
     return metrics
+
+
+def averaging_model(members: list, name: str = "ensemble") -> keras.Model:
+    """One Keras model whose output is the mean of the ``members``' outputs.
+
+    Args:
+        members: models with the same inputs (``audio``, ``video``) and outputs ``(b, 5)``.
+
+    Returns:
+        A ``keras.Model`` with inputs named like the first member's and the averaged
+        output named ``fi_models.fusion.OUTPUT_NAME``; it saves and loads as one ``.keras``
+        file, so ``predict`` and ``retrain --from`` use it like a single model.
+    """
+    first = members[0]
+    inputs = [keras.Input(tuple(t.shape[1:]), name=t.name.split(":")[0], dtype=t.dtype) for t in first.inputs]
+    for k, m in enumerate(members):
+        m.name = f"member_{k}"
+    outputs = keras.layers.Average(name=OUTPUT_NAME)([m(inputs) for m in members])
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _fit_one(hypermodel: PersonalityHyperModel, best: BestHyperparameters, config: SearchConfig, seed: int,
+             log_dir: Path) -> dict:
+    """Build and train one model of ``best``'s values with ``seed`` (the retraining's rules).
+
+    Returns:
+        dict ``model, history, stopper`` (None with ``train_on_train_plus_val``), ``resolved``
+        (active values), ``trained_on``, ``epochs``, ``wall_s``.
+    """
+    keras.utils.set_random_seed(seed)
+    hp = kt.HyperParameters()
+    hp.values = dict(best.values)
+    model = hypermodel.build(hp)
+    resolved = {p.name: hp.values[p.name] for p in hp.space if hp.is_active(p)}
+    batch_size = int(resolved["batch_size"])
+    callbacks = [keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False),
+                 hparams_callback(log_dir, resolved, "retrain"),
+                 keras.callbacks.TerminateOnNaN(raise_error=True)]
+    if config.train_on_train_plus_val:
+        trained_on = ["train", "validation"]
+        epochs = best.best_epoch or config.retrain_epochs or config.max_epochs
+        train_ds, val_ds = hypermodel.datasets(batch_size, train_splits=trained_on, validation=False)
+        stopper = None
+    else:
+        trained_on = ["train"]
+        epochs = config.retrain_epochs or config.max_epochs
+        train_ds, val_ds = hypermodel.datasets(batch_size)
+        # patience 0 (no early stopping) still restores the best epoch's weights.
+        stopper = EarlyStoppingFromStart(val_ds, monitor=OBJECTIVE.name, mode="max",
+                                         patience=config.early_stopping_patience or epochs)
+        callbacks.append(stopper)
+    started = time.monotonic()
+    try:
+        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+                            verbose=config.verbose, shuffle=False)
+    except RuntimeError as e:
+        raise RuntimeError(f"retraining {resolved} failed: {e}") from e
+    return {"model": model, "history": history, "stopper": stopper, "resolved": resolved,
+            "trained_on": trained_on, "epochs": epochs, "wall_s": time.monotonic() - started}
