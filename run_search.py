@@ -221,6 +221,13 @@ def _add_retrain_args(p: argparse.ArgumentParser) -> None:
                    help="epochs of the retraining (default: --max-epochs), with early stopping on validation")
     g.add_argument("--train-on-train-val", action="store_true",
                    help="retrain on train + validation (no early stopping; the best trial's epoch count)")
+    g.add_argument("--retrain-seeds", type=_positive_int, default=1, metavar="K",
+                   help="retrain the best configuration with K seeds (--seed, --seed+1, ...); the report gives "
+                        "their mean and SD and the one best on validation is saved (default 1)")
+    g.add_argument("--ensemble-top", type=_positive_int, default=1, metavar="K",
+                   help="deliver the average of the K best distinct configurations of the search, each "
+                        "retrained once, as one model; the report compares it with the best alone (default 1: "
+                        "no ensemble; needs a run folder's top_hyperparameters.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -458,10 +465,24 @@ def cmd_search(args, retrain: bool = False) -> int:
     from search.report import write_report
     from search.train import retrain_and_evaluate
 
-    metrics = retrain_and_evaluate(cache, run_dir, result.best, result.config)
+    metrics = retrain_and_evaluate(cache, run_dir, result.best, result.config, **_variation_args(args, run_dir))
     write_report(run_dir)
     print(format_summary(metrics, run_dir))
     return 0
+
+
+def _variation_args(args, searched_run) -> dict:
+    """``retrain_seeds`` and ``ensemble`` (the 2nd..Kth best configurations) for
+    ``retrain_and_evaluate`` from ``--retrain-seeds`` and ``--ensemble-top``."""
+    from search.runs import load_top_hyperparameters
+
+    extra = []
+    if args.ensemble_top > 1:
+        extra = load_top_hyperparameters(searched_run, args.ensemble_top)[1:]
+        if len(extra) < args.ensemble_top - 1:
+            print(f"[retrain] --ensemble-top {args.ensemble_top}: the search completed only {len(extra) + 1} "
+                  "distinct configurations; the ensemble has that many")
+    return {"retrain_seeds": args.retrain_seeds, "ensemble": extra}
 
 
 def cmd_run(args) -> int:
@@ -501,7 +522,11 @@ def cmd_retrain(args) -> int:
         print(f"[data] feature cache of the run: {cache.path}")
     else:
         cache, _ = prepare(args, plots_dir=Path(run_dir) / "plots")
-    metrics = retrain_and_evaluate(cache, run_dir, best, config)
+    if args.ensemble_top > 1 and not source.is_dir():
+        raise ValueError(f"--ensemble-top {args.ensemble_top} needs a run folder for --from (its ranked "
+                         f"configurations); {source} is a file")
+    metrics = retrain_and_evaluate(cache, run_dir, best, config,
+                                   **_variation_args(args, source if source.is_dir() else run_dir))
     write_report(run_dir)
     print(format_summary(metrics, run_dir))
     return 0

@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from fi_data.traits import SPLITS, TRAITS
 from fi_models.metrics import ONE_MINUS_MAE
 from search.runs import RunPaths
-from search.verdict import verdict_lines
+from search.verdict import variation_lines, verdict_lines
 
 PLOTS = {"curves": "retrain_curves.png", "baseline": "test_vs_baseline.png",
          "scatter": "test_predicted_vs_true.png", "trials": "trial_scores.png"}
@@ -190,6 +190,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
             _markdown_table([[t, *(scores["test"][t][c] for c in columns)] for t in [*TRAITS, "mean"]],
                             ["trait", *header]), "",
             *_interval_section(metrics),
+            *(line for v in variation_lines(metrics) for line in (v, "")),
             f"![test 1-MAE against the baseline](plots/{PLOTS['baseline']})", "",
             f"![test predictions against labels](plots/{PLOTS['scatter']})", ""]
     hp_rows = [[k, v] for k, v in metrics["hyperparameters"].items()]

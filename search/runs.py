@@ -50,6 +50,7 @@ class RunPaths:
     retrain_tensorboard = property(lambda self: self.root / "tensorboard" / "retrain")
     trials_csv = property(lambda self: self.root / "trials.csv")
     best_hyperparameters = property(lambda self: self.root / "best_hyperparameters.json")
+    top_hyperparameters = property(lambda self: self.root / "top_hyperparameters.json")
     best_model = property(lambda self: self.root / "best_model.keras")
     preprocessing = property(lambda self: self.root / "preprocessing.json")
     history = property(lambda self: self.root / "retrain_history.csv")
@@ -62,7 +63,7 @@ class RunPaths:
     def outputs(self) -> tuple:
         """Every file and folder this toolkit writes in the run folder (what overwrite deletes)."""
         return (self.config, self.project_dir, self.tensorboard, self.trials_csv, self.best_hyperparameters,
-                self.best_model, self.preprocessing, self.history, self.predictions, self.metrics,
+                self.top_hyperparameters, self.best_model, self.preprocessing, self.history, self.predictions, self.metrics,
                 self.report, self.plots, self.search_summary)
 
 
@@ -134,6 +135,33 @@ class BestHyperparameters:
     def save(self, path: str | os.PathLike) -> None:
         """Write this object as JSON to ``path`` atomically."""
         write_json_atomic(path, dataclasses.asdict(self))
+
+
+def save_top_hyperparameters(configurations: list, path: str | os.PathLike) -> None:
+    """Write a best-first list of :class:`BestHyperparameters` as one JSON list, atomically."""
+    write_json_atomic(path, [dataclasses.asdict(c) for c in configurations])
+
+
+def load_top_hyperparameters(run_dir: str | os.PathLike, k: int) -> list:
+    """The ``k`` best distinct configurations of a search, best first.
+
+    Args:
+        run_dir: a run folder whose search wrote ``top_hyperparameters.json``.
+        k: how many (>= 1).
+
+    Returns:
+        list of :class:`BestHyperparameters` (fewer than ``k`` when the search completed
+        fewer distinct configurations).
+
+    Raises:
+        FileNotFoundError: the run has no ``top_hyperparameters.json`` (its search predates
+            it, or none finished), naming the file.
+    """
+    path = RunPaths(Path(run_dir)).top_hyperparameters
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; the run's search did not rank its configurations "
+                                "(search again, or drop --ensemble-top)")
+    return [BestHyperparameters(**c) for c in json.loads(path.read_text(encoding="utf-8"))[:k]]
 
 
 def load_best_hyperparameters(path: str | os.PathLike) -> BestHyperparameters:

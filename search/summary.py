@@ -13,7 +13,7 @@ import pandas as pd
 
 from fi_data.traits import TRAITS
 from search.runs import RunPaths
-from search.verdict import verdict_lines
+from search.verdict import variation_lines, verdict_lines
 
 
 def scores_table(metrics: dict, split: str = "test") -> pd.DataFrame:
@@ -63,6 +63,7 @@ def format_summary(metrics: dict, run_dir: str | os.PathLike) -> str:
         + (f", ridge {val_mean['ridge_one_minus_mae']:.4f}" if "ridge_one_minus_mae" in val_mean else "")
         + "); spread = SD(predictions) / SD(labels), "
         "near 0 means regression to the mean.",
+        *variation_lines(metrics),
         "Best hyperparameters: " + ", ".join(f"{k}={v}" for k, v in sorted(metrics["hyperparameters"].items())),
         "",
         f"Run folder:   {paths.root}",

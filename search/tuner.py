@@ -39,6 +39,7 @@ Keras Tuner does most of the work; this module adds what it lacks, each at one o
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -55,7 +56,7 @@ from fi_models.metrics import ONE_MINUS_MAE
 from search import memory
 from search.config import SearchConfig
 from search.hypermodel import PersonalityHyperModel
-from search.runs import PROJECT_NAME, BestHyperparameters, RunPaths, prepare_run_dir
+from search.runs import PROJECT_NAME, BestHyperparameters, RunPaths, prepare_run_dir, save_top_hyperparameters
 from search.tensorboard_logs import write_experiment
 from search.trials import best_epoch, failure_summary, trial_info_path, trials_table, write_trials_csv
 
@@ -476,6 +477,39 @@ def plan_for_budget(hypermodel: PersonalityHyperModel, run_dir, config: SearchCo
     return config, plan
 
 
+TOP_SAVED = 5
+"""How many distinct configurations ``top_hyperparameters.json`` ranks (for ``--ensemble-top``)."""
+
+
+def top_configurations(trials, k: int = TOP_SAVED) -> list:
+    """The ``k`` best distinct configurations among completed trials, best first.
+
+    A Hyperband continuation repeats its parent's values (plus ``tuner/*`` bookkeeping), so
+    trials are compared on their values without ``tuner/*``; each configuration keeps its
+    best-scoring trial.
+
+    Args:
+        trials: Keras Tuner ``Trial`` objects (``oracle.trials.values()``).
+
+    Returns:
+        list of :class:`search.runs.BestHyperparameters` (score, trial id, best epoch).
+    """
+    done = sorted((t for t in trials if t.status == TrialStatus.COMPLETED and t.score is not None),
+                  key=lambda t: -float(t.score))
+    out, seen = [], set()
+    for t in done:
+        values = {k_: v for k_, v in t.hyperparameters.values.items() if not k_.startswith("tuner/")}
+        key = json.dumps(values, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(BestHyperparameters(values=values, score=float(t.score), trial_id=str(t.trial_id),
+                                       best_epoch=best_epoch(t), objective=OBJECTIVE.name))
+        if len(out) == k:
+            break
+    return out
+
+
 def run_search(cache: FeatureCache, run_dir, config: SearchConfig, *,
                hypermodel: PersonalityHyperModel | None = None) -> SearchResult:
     """Run (or resume) the hyperparameter search of ``config`` on ``cache`` into ``run_dir``.
@@ -541,4 +575,5 @@ def run_search(cache: FeatureCache, run_dir, config: SearchConfig, *,
     best = BestHyperparameters(values=values, score=float(best_trial.score), trial_id=str(best_trial.trial_id),
                                best_epoch=best_epoch(best_trial), objective=OBJECTIVE.name)
     best.save(paths.best_hyperparameters)
+    save_top_hyperparameters(top_configurations(tuner.oracle.trials.values()), paths.top_hyperparameters)
     return SearchResult(paths, best, table, stopped_by, elapsed, config)

@@ -90,3 +90,32 @@ def interval_line(metrics: dict, split: str) -> str | None:
                                              if model else "")
     return (head + "model minus each baseline, 95% cluster-bootstrap interval over YouTube ids: "
             + "; ".join(parts) + ".")
+
+
+def variation_lines(metrics: dict, split: str = "test") -> list:
+    """Lines on the seeds and the ensemble of a retraining (``metrics["seeds"]``,
+    ``metrics["ensemble"]`` of ``search.train.retrain_and_evaluate``), or ``[]``.
+
+    Returns:
+        ``Seeds ...: test 1-MAE mean ± SD ...`` when several seeds were trained, and
+        ``Ensemble of K ...: test 1-MAE ... vs the single best configuration ...`` when the
+        delivered model is an ensemble.
+    """
+    lines = []
+    seeds = metrics.get("seeds") or {}
+    summary = (seeds.get("summary") or {}).get(split)
+    if summary:
+        lines.append(f"Seeds {', '.join(map(str, seeds['seeds']))} (the same configuration retrained): {split} "
+                     f"1-MAE {summary['one_minus_mae']['mean']:.4f} ± {summary['one_minus_mae']['sd']:.4f}, "
+                     f"R² {summary['r2']['mean']:.4f} ± {summary['r2']['sd']:.4f} (mean ± SD); saved: seed "
+                     f"{seeds['saved_seed']} ({seeds['chosen_by']}).")
+    ensemble = metrics.get("ensemble") or {}
+    single = (ensemble.get("best_single") or {}).get(split)
+    model = metrics["scores"].get(split, {}).get("mean")
+    if single and model:
+        diff = model["one_minus_mae"] - single["one_minus_mae"]
+        lines.append(f"Ensemble of {len(ensemble['members'])} configurations (trials "
+                     f"{', '.join(map(str, ensemble['member_trials']))}, predictions averaged): {split} 1-MAE "
+                     f"{model['one_minus_mae']:.4f} vs {single['one_minus_mae']:.4f} for the best configuration "
+                     f"alone ({diff:+.4f}).")
+    return lines

@@ -3,13 +3,19 @@
 import json
 
 import keras
+import keras_tuner as kt
 import numpy as np
 import pytest
+from keras_tuner.engine.trial import Trial
 
+import run_search
 from fi_data.cache_format import write_synthetic_cache
 from fi_models.fusion import build_model, compile_model
 from search.config import SearchConfig
+from search.runs import RunPaths, load_top_hyperparameters, save_top_hyperparameters
 from search.train import averaging_model, retrain_and_evaluate
+from search.tuner import top_configurations
+from search.verdict import variation_lines
 
 AUDIO, VIDEO = (24, 10, 1), (2, 32, 32, 3)
 
@@ -56,3 +62,47 @@ def test_retrain_seeds_and_ensemble_are_reported(cache, tmp_path):
     assert set(metrics["ensemble"]["best_single"]) == {"train", "validation", "test"}
     model = keras.models.load_model(tmp_path / "ens" / "best_model.keras")
     assert model.name == "ensemble" and json.loads((tmp_path / "ens" / "metrics.json").read_text())["ensemble"]
+    lines = variation_lines(metrics)
+    assert len(lines) == 1 and lines[0].startswith("Ensemble of 2 configurations")
+    single = metrics["ensemble"]["best_single"]["test"]["one_minus_mae"]
+    assert f"vs {single:.4f} for the best configuration alone" in lines[0]
+
+
+def _trial(trial_id, score, status="COMPLETED", **values):
+    hp = kt.HyperParameters()
+    for name, value in values.items():
+        hp.Fixed(name, value)
+    trial = Trial(hp, trial_id=trial_id, status=status)
+    trial.score, trial.best_step = score, 0
+    return trial
+
+
+def test_top_configurations_are_distinct_best_first_and_round_trip(tmp_path):
+    trials = [_trial("0", 0.90, fusion_units=8), _trial("1", 0.95, fusion_units=16),
+              _trial("2", 0.97, fusion_units=16, **{"tuner/initial_epoch": 2}),  # continuation of "1"
+              _trial("3", 0.99, status="FAILED", fusion_units=32), _trial("4", 0.92, fusion_units=64)]
+    top = top_configurations(trials, k=3)
+    assert [t.trial_id for t in top] == ["2", "4", "0"]
+    assert top[0].values == {"fusion_units": 16} and top[0].best_epoch == 3
+    (tmp_path / "config.json").write_text("{}")
+    save_top_hyperparameters(top, RunPaths(tmp_path).top_hyperparameters)
+    assert [t.values for t in load_top_hyperparameters(tmp_path, 2)] == [{"fusion_units": 16}, {"fusion_units": 64}]
+    with pytest.raises(FileNotFoundError, match="top_hyperparameters.json"):
+        load_top_hyperparameters(tmp_path / "elsewhere", 2)
+
+
+def test_variation_lines_give_the_seeds_mean_and_sd():
+    metrics = {"scores": {"test": {"mean": {"one_minus_mae": 0.9}}},
+               "seeds": {"seeds": [0, 1], "saved_seed": 1, "chosen_by": "best validation 1-MAE",
+                         "summary": {"test": {"one_minus_mae": {"mean": 0.905, "sd": 0.002},
+                                              "r2": {"mean": 0.4, "sd": 0.05}, "ccc": {"mean": 0.5, "sd": 0.1}}}}}
+    assert variation_lines(metrics) == [
+        "Seeds 0, 1 (the same configuration retrained): test 1-MAE 0.9050 ± 0.0020, R² 0.4000 ± 0.0500 "
+        "(mean ± SD); saved: seed 1 (best validation 1-MAE)."]
+
+
+def test_ensemble_top_needs_a_run_folder(tmp_path, capsys):
+    hps = tmp_path / "hps.json"
+    hps.write_text(json.dumps({"fusion_units": 8}))
+    assert run_search.main(["retrain", "--from", str(hps), "--ensemble-top", "2"]) == 2
+    assert "needs a run folder" in capsys.readouterr().err
