@@ -21,14 +21,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import keras
 import keras_tuner as kt
+import numpy as np
 import tensorflow as tf
 from keras_tuner.src.engine.tuner_utils import convert_hyperparams_to_hparams
 from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fi_models.metrics import ONE_MINUS_MAE
+from fi_models.metrics import ONE_MINUS_MAE, ccc, pcc
 
 METRICS = (("validation", "epoch_" + ONE_MINUS_MAE, "validation 1-MAE"),
            ("validation", "epoch_loss", "validation loss"),
@@ -103,3 +105,34 @@ def read_scalars(logdir: str | os.PathLike) -> dict:
                     tf.make_ndarray(value.tensor))
                 scalars.setdefault((str(folder.relative_to(logdir)), value.tag), []).append((event.step, number))
     return scalars
+
+
+class ValidationCorrelations(keras.callbacks.Callback):
+    """Add the epoch's validation CCC and PCC (means over traits) to the epoch logs.
+
+    Keras' own ``ConcordanceCorrelation``/``PearsonCorrelation`` average per-batch values;
+    these are over the whole validation split at once (``fi_models.metrics.ccc``, Lin 1989,
+    and ``pcc``), as in ``metrics.json``. Put this callback BEFORE ``keras.callbacks.TensorBoard``
+    in the list: the logs it adds (``val_ccc``, ``val_pcc``) are then written as
+    ``epoch_ccc``/``epoch_pcc`` under ``validation/`` and kept in the ``History``.
+
+    Args:
+        val_ds: the validation ``tf.data.Dataset`` of ``((audio, video), y)``, in a fixed order.
+
+    A constant prediction has no Pearson r; its ``val_pcc`` is logged as 0 (its CCC is 0 too).
+    """
+
+    def __init__(self, val_ds):
+        super().__init__()
+        self.val_ds = val_ds
+        self.y_true = np.concatenate([np.asarray(y) for _, y in val_ds], axis=0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        y_pred = np.asarray(self.model.predict(self.val_ds, verbose=0), dtype=np.float64)
+        if not np.isfinite(y_pred).all():
+            return  # TerminateOnNaN ends the run; nothing meaningful to log
+        logs["val_ccc"] = float(np.mean(ccc(self.y_true, y_pred)))
+        r = pcc(self.y_true, y_pred)  # NaN for a constant trait: r is undefined there, logged as 0
+        logs["val_pcc"] = float(np.nanmean(r)) if np.isfinite(r).any() else 0.0

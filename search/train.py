@@ -29,7 +29,7 @@ from search.config import SearchConfig
 from search.evaluation import cluster_bootstrap, identity_lookup_predictions
 from search.hypermodel import HYPERPARAMETERS, PersonalityHyperModel
 from search.runs import BestHyperparameters, RunPaths, cache_identity, load_best_hyperparameters
-from search.tensorboard_logs import hparams_callback
+from search.tensorboard_logs import ValidationCorrelations, hparams_callback
 from search.tuner import OBJECTIVE, make_hypermodel
 
 BASELINE = "the TRAINING split's mean label per trait, predicted for every clip"
@@ -328,6 +328,7 @@ def _fit_one(hypermodel: PersonalityHyperModel, best: BestHyperparameters, confi
         trained_on = ["train"]
         epochs = config.retrain_epochs or config.max_epochs
         train_ds, val_ds = hypermodel.datasets(batch_size)
+        callbacks.insert(0, ValidationCorrelations(val_ds))  # before TensorBoard, which then logs them
         # patience 0 (no early stopping) still restores the best epoch's weights.
         stopper = EarlyStoppingFromStart(val_ds, monitor=OBJECTIVE.name, mode="max",
                                          patience=config.early_stopping_patience or epochs)

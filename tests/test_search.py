@@ -19,7 +19,8 @@ from fi_data.traits import SPLITS, TRAITS
 from search.config import SearchConfig
 from search.hypermodel import HYPERPARAMETERS, PersonalityHyperModel
 from search.job import run_job
-from search.runs import BestHyperparameters, RunPaths, load_best_hyperparameters, load_run, prepare_run_dir
+from search.runs import (BestHyperparameters, RunPaths, load_best_hyperparameters, load_run,
+                         load_top_hyperparameters, prepare_run_dir)
 from search.tensorboard_logs import read_scalars, read_session_hparams
 from search.train import retrain_and_evaluate
 from search.tuner import OBJECTIVE, SearchFailedError, make_hypermodel, make_tuner, run_search, smoke_check
@@ -79,6 +80,9 @@ def test_hyperband_trials_are_recorded_with_their_scores(job):
     assert list(trials["trial_id"]) == ["0000", "0001"]
     assert list(trials["status"]) == ["COMPLETED", "COMPLETED"]
     assert list(trials["epochs_trained"]) == [2, 2]
+    top = load_top_hyperparameters(job["dir"], 5)  # what --ensemble-top reads: distinct, best first
+    assert [t.trial_id for t in top] == list(trials.sort_values("score", ascending=False)["trial_id"])
+    assert top[0].values == load_best_hyperparameters(job["dir"]).values
     assert (trials["wall_time_s"] > 0).all() and (trials["peak_rss_mb"] > 50).all()
     assert trials["failure_message"].isna().all()
     for name in ("learning_rate", "dropout", "head", "standardize_targets", "loss", "batch_size"):
@@ -164,8 +168,13 @@ def test_tensorboard_holds_hparams_per_trial_and_retraining_scalars(job):
     scalars = read_scalars(paths.tensorboard)
     history = pd.read_csv(paths.history)
     for run, tag, column in (("retrain/train", "epoch_loss", "loss"),
-                             ("retrain/validation", "epoch_one_minus_mae", "val_one_minus_mae")):
+                             ("retrain/validation", "epoch_one_minus_mae", "val_one_minus_mae"),
+                             ("retrain/validation", "epoch_ccc", "val_ccc"), ("retrain/validation", "epoch_pcc", "val_pcc")):
         assert [v for _, v in sorted(scalars[(run, tag)])] == pytest.approx(history[column].tolist(), abs=1e-6)
+    best = job["metrics"]["best_epoch"]
+    if best:  # the restored epoch's logged CCC is the saved model's validation CCC (whole split, Lin 1989)
+        assert history["val_ccc"][best - 1] == pytest.approx(job["metrics"]["scores"]["validation"]["mean"]["ccc"],
+                                                             abs=1e-4)
     assert ("retrain/train", "epoch_learning_rate") in scalars
     assert ("trials/0000/execution0/train", "epoch_learning_rate") in scalars
 
