@@ -46,6 +46,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_ints(text: str) -> str:
+    """'32,16,64': positive integers, comma-separated (kept as text; parsed in search_config)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 32,16,64, got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 32,16,64, got {text!r}")
+    return text
+
+
 def _duration(text: str) -> float:
     """Seconds from '900', '900s', '15m' or '1.5h'."""
     units = {"s": 1, "m": 60, "h": 3600}
@@ -56,8 +67,8 @@ def _duration(text: str) -> float:
             value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a duration like 900, 15m or 1.5h, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"a duration must be positive, got {text!r}")
+    if not 0 < value < float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"a duration must be positive and finite, got {text!r}")
     return value
 
 
@@ -155,7 +166,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                         "trial stops at the end of its epoch; then the best so far is retrained (its own "
                         "limit: --retrain-epochs) and reported. Default: 7m on the demo, none on real data")
     g.add_argument("--no-time-budget", action="store_true", help="no time budget, even on the demo")
-    g.add_argument("--batch-sizes", default=None, metavar="B,B,...",
+    g.add_argument("--batch-sizes", type=_positive_ints, default=None, metavar="B,B,...",
                    help="batch sizes the search chooses from, the first being the default "
                         f"(default: {DEMO_SEARCH_DEFAULTS['batch_sizes']} on the demo, "
                         f"{REAL_SEARCH_DEFAULTS['batch_sizes']} on real data)")

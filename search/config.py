@@ -140,6 +140,10 @@ class SearchConfig:
             problems.append(f"time_budget_s must be > 0 seconds or None, got {self.time_budget_s!r}")
         if self.retrain_epochs is not None and self.retrain_epochs < 1:
             problems.append(f"retrain_epochs must be >= 1 or None, got {self.retrain_epochs!r}")
+        if not problems:  # the values need a valid crop size
+            from search.hypermodel import check_hyperparameter_values
+            problems += check_hyperparameter_values(self.fixed_hyperparameters, self.hyperparameter_choices,
+                                                    crop_size=self.crop_size, allow_resnet=self.allow_resnet)
         if problems:
             raise ValueError("invalid search settings: " + "; ".join(problems))
 

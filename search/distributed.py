@@ -378,6 +378,7 @@ def serve_search(hypermodel, paths, config, *, poll_s: float = POLL_S) -> tuple:
     """
     import grpc
 
+    from search.runs import tensorboard_command
     from search.tensorboard_logs import write_experiment
     from search.trials import trials_table, write_trials_csv
     from search.tuner import make_tuner
@@ -402,7 +403,7 @@ def serve_search(hypermodel, paths, config, *, poll_s: float = POLL_S) -> tuple:
     server.start()
     print(f"[search] chief: {config.tuner} oracle of {paths.root} on {role.address}; start workers with the same "
           f"command and --role worker --oracle-address {role.address}. Watch it with: "
-          f"tensorboard --logdir {paths.tensorboard}", flush=True)
+          + tensorboard_command(paths.tensorboard), flush=True)
     try:
         while not ((servicer.stop_triggered or servicer.stopping()) and exit_chief(tuner.oracle)):
             time.sleep(poll_s)

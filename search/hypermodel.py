@@ -46,7 +46,7 @@ import tensorflow as tf
 
 from fi_data.cache_format import FeatureCache
 from fi_data.pipeline import make_dataset
-from fi_models.audio import compatible_audio_branches
+from fi_models.audio import AUDIO_BRANCHES, compatible_audio_branches
 from fi_models.fusion import HEADS, STATS, build_model, compile_model, target_statistics
 from fi_models.losses import LOSSES
 from fi_models.visual import BACKBONES, TEMPORAL_CHOICES
@@ -61,6 +61,77 @@ HYPERPARAMETERS = ("audio_branch", "backbone", "vgg_depth", "vgg_width", "tempor
                    "fusion_units", "dropout", "head", "standardize_targets", "ridge_path", "loss",
                    "learning_rate", "batch_size")
 """Names of every hyperparameter the HyperModel declares (keys of ``fixed``)."""
+
+def _one_of(values):
+    return (lambda v: v in values), f"one of {list(values)}"
+
+
+def _int_in(low, high=None):
+    text = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+            and (high is None or v <= high)), text
+
+
+def _float_in(low, high, *, low_open=False, high_open=False):
+    def ok(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    return ok, f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def value_rules(crop_size: int = 128, allow_resnet: bool = False) -> dict:
+    """What each hyperparameter may be set to with ``--fix`` / ``--choices``.
+
+    Wider than the default search ranges (``--choices vgg_width=8,16`` is fine), but the
+    values ``fi_models.fusion.build_model`` can build: the right type and a usable range.
+
+    Returns:
+        dict name -> ``(predicate, description)`` for every name in :data:`HYPERPARAMETERS`.
+    """
+    return {
+        "audio_branch": _one_of((STATS, *AUDIO_BRANCHES)),
+        "backbone": _one_of((STATS, *(BACKBONES if allow_resnet else ("vgg",)))),
+        "vgg_depth": _int_in(1, max(1, min(5, int(math.log2(crop_size))))),
+        "vgg_width": _int_in(1), "temporal": _one_of(TEMPORAL_CHOICES), "temporal_units": _int_in(1),
+        "fusion_units": _int_in(1), "dropout": _float_in(0.0, 1.0, high_open=True), "head": _one_of(HEADS),
+        "standardize_targets": _one_of((True, False)), "ridge_path": _one_of((True, False)),
+        "loss": _one_of(LOSSES), "learning_rate": _float_in(0.0, 1.0, low_open=True), "batch_size": _int_in(1),
+    }
+
+
+def check_hyperparameter_values(fixed: dict, choices: dict, *, crop_size: int = 128,
+                                allow_resnet: bool = False) -> list:
+    """Every problem with ``--fix`` / ``--choices`` values, found before any data is read.
+
+    Args:
+        fixed: name -> value; choices: name -> list of values (as ``SearchConfig``).
+        crop_size: the frame crop (it bounds ``vgg_depth``); allow_resnet: whether
+            ``backbone=resnet50`` is offered.
+
+    Returns:
+        list of one-line problems, each naming the flag, the hyperparameter and the value
+        (empty when all is well). Unknown names, names both fixed and given choices, empty
+        choices, and values outside :func:`value_rules` are problems.
+    """
+    rules = value_rules(crop_size, allow_resnet)
+    problems = []
+    for flag, entries in (("--fix", {k: [v] for k, v in fixed.items()}), ("--choices", choices)):
+        for name, values in entries.items():
+            if name not in rules:
+                problems.append(f"{flag} {name}: unknown hyperparameter; known: {', '.join(HYPERPARAMETERS)}")
+                continue
+            if not values:
+                problems.append(f"{flag} {name}: no values given")
+            ok, text = rules[name]
+            bad = [v for v in values if not ok(v)]
+            if bad:
+                problems.append(f"{flag} {name}={','.join(map(str, bad))}: expected {text}"
+                                + (" (give --allow-resnet to offer resnet50)" if "resnet50" in bad else ""))
+    for name in sorted(set(fixed) & set(choices)):
+        problems.append(f"{name}: both --fix and --choices; give one")
+    return problems
+
 
 DEFAULT_AUDIO_BRANCH = STATS
 """Default audio branch: the clip statistics (they fit every cached audio shape)."""
@@ -84,8 +155,8 @@ class PersonalityHyperModel(kt.HyperModel):
         verbose: ``model.fit`` verbosity.
 
     Raises:
-        ValueError: if ``fixed`` names an unknown hyperparameter, or no audio branch of
-            ``fi_models`` fits the cached audio shape (both naming what was expected).
+        ValueError: a ``fixed``/``choices`` problem of :func:`check_hyperparameter_values`, or
+            no audio branch of ``fi_models`` fits the cached audio shape (naming what was expected).
     """
 
     def __init__(self, cache: FeatureCache, *, batch_sizes=(32, 16, 64), crop_size: int = 128,
@@ -98,18 +169,11 @@ class PersonalityHyperModel(kt.HyperModel):
         self.crop_size = int(crop_size)
         self.allow_resnet = bool(allow_resnet)
         self.fixed = dict(fixed or {})
-        unknown = sorted(set(self.fixed) - set(HYPERPARAMETERS))
-        if unknown:
-            raise ValueError(f"fixed hyperparameters {unknown} are unknown; known: {list(HYPERPARAMETERS)}")
         self.choices = {k: list(v) for k, v in dict(choices or {}).items()}
-        unknown = sorted(set(self.choices) - set(HYPERPARAMETERS))
-        if unknown:
-            raise ValueError(f"hyperparameter choices {unknown} are unknown; known: {list(HYPERPARAMETERS)}")
-        both = sorted(set(self.choices) & set(self.fixed))
-        empty = sorted(k for k, v in self.choices.items() if not v)
-        if both or empty:
-            raise ValueError(f"hyperparameters {both + empty} are both fixed and given choices, or have no "
-                             "choices; give each one either a fixed value or a non-empty list")
+        problems = check_hyperparameter_values(self.fixed, self.choices, crop_size=self.crop_size,
+                                               allow_resnet=self.allow_resnet)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.augment = augment
         self.audio_masking = audio_masking
         self.seed = seed

@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from fi_data.traits import SPLITS, TRAITS
 from fi_models.metrics import ONE_MINUS_MAE
-from search.runs import RunPaths
+from search.runs import RunPaths, tensorboard_command
 from search.verdict import variation_lines, verdict_lines
 
 PLOTS = {"curves": "retrain_curves.png", "baseline": "test_vs_baseline.png",
@@ -213,6 +213,6 @@ def write_report(run_dir: str | os.PathLike) -> Path:
                 f"(trial {source.get('trial_id')}). Every trial: `trials.csv`.", "",
                 f"![trial scores](plots/{PLOTS['trials']})", ""]
     out += ["## TensorBoard", "", "Per-trial scalars and the HParams tab, and the retraining run:", "",
-            "```", f"tensorboard --logdir {paths.tensorboard}", "```", ""]
+            "```", tensorboard_command(paths.tensorboard), "```", ""]
     paths.report.write_text("\n".join(out), encoding="utf-8")
     return paths.report

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from fi_data.cache_format import FeatureCache, write_json_atomic
@@ -65,6 +66,20 @@ class RunPaths:
         return (self.config, self.project_dir, self.tensorboard, self.trials_csv, self.best_hyperparameters,
                 self.top_hyperparameters, self.best_model, self.preprocessing, self.history, self.predictions, self.metrics,
                 self.report, self.plots, self.search_summary)
+
+
+def tensorboard_command(logdir: str | os.PathLike) -> str:
+    """The shell command that opens ``logdir`` in TensorBoard with THIS environment's
+    ``tensorboard`` (``.venv/bin/tensorboard`` after the README's set-up, which is not on
+    ``PATH``), relative to the working folder when it lies under it."""
+    exe = Path(sys.executable).with_name("tensorboard")
+    if not exe.is_file():
+        return f"tensorboard --logdir {logdir}"
+    try:
+        program = str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        program = str(exe)
+    return f"{program} --logdir {logdir}"
 
 
 def cache_identity(cache: FeatureCache) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from fi_data.traits import TRAITS
-from search.runs import RunPaths
+from search.runs import RunPaths, tensorboard_command
 from search.verdict import variation_lines, verdict_lines
 
 
@@ -71,6 +71,6 @@ def format_summary(metrics: dict, run_dir: str | os.PathLike) -> str:
         f"Plots:        {paths.plots}",
         f"Metrics:      {paths.metrics}",
         f"Model:        {paths.best_model} (inputs described in {paths.preprocessing.name})",
-        f"TensorBoard:  tensorboard --logdir {paths.tensorboard}",
+        f"TensorBoard:  {tensorboard_command(paths.tensorboard)}",
     ]
     return "\n".join(lines)

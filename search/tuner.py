@@ -56,7 +56,8 @@ from fi_models.metrics import ONE_MINUS_MAE
 from search import memory
 from search.config import SearchConfig
 from search.hypermodel import PersonalityHyperModel
-from search.runs import PROJECT_NAME, BestHyperparameters, RunPaths, prepare_run_dir, save_top_hyperparameters
+from search.runs import (PROJECT_NAME, BestHyperparameters, RunPaths, prepare_run_dir, save_top_hyperparameters,
+                         tensorboard_command)
 from search.tensorboard_logs import write_experiment
 from search.trials import best_epoch, failure_summary, trial_info_path, trials_table, write_trials_csv
 
@@ -418,7 +419,7 @@ def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config
     tuner = make_tuner(hypermodel, paths, config, max_new_trials=max_new_trials, deadline=deadline)
     write_experiment(paths.trials_tensorboard, tuner.oracle.get_space())
     print(f"[search] {config.tuner} search in {paths.root}; watch it with: "
-          f"tensorboard --logdir {paths.tensorboard}", flush=True)
+          + tensorboard_command(paths.tensorboard), flush=True)
     from search.distributed import worker_heartbeat
 
     stopped_by = "search_finished"

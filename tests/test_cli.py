@@ -94,12 +94,32 @@ def test_demo_and_real_data_defaults_differ():
 
 
 @pytest.mark.parametrize("bad", [["--time-budget", "soon"], ["--max-epochs", "0"], ["--fix", "vgg_depth"],
-                                 ["--tuner", "grid"]])
+                                 ["--tuner", "grid"], ["--time-budget", "nan"], ["--time-budget", "inf"],
+                                 ["--batch-sizes", "abc"], ["--batch-sizes", "16,0"]])
 def test_bad_flag_values_are_refused_with_exit_status_2(bad, capsys):
     with pytest.raises(SystemExit) as exc:
         run_search.parse_args(bad)
     assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--fix", "head=bogus"], "--fix head=bogus: expected one of ['linear', 'sigmoid']"),
+    (["--fix", "vgg_depth=99"], "--fix vgg_depth=99: expected an integer in 1..5"),
+    (["--choices", "vgg_width=abc,16"], "--choices vgg_width=abc: expected an integer >= 1"),
+    (["--fix", "vgg_dpeth=2"], "--fix vgg_dpeth: unknown hyperparameter"),
+    (["--fix", "backbone=resnet50"], "give --allow-resnet"),
+    (["--fix", "dropout=1.5", "--choices", "dropout=0.1,0.2"], "dropout: both --fix and --choices"),
+])
+def test_bad_search_space_values_stop_before_any_data_work(flags, named, tmp_path, monkeypatch, capsys):
+    def no_data_work(*args, **kwargs):
+        raise AssertionError("the data stage started before the settings were checked")
+
+    monkeypatch.setattr(run_search, "prepare", no_data_work)
+    assert run_search.main(["run", "--runs-dir", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # no config.json left behind to refuse the corrected command
 
 
 def test_help_works_without_starting_tensorflow():
@@ -274,3 +294,12 @@ def test_compare_two_runs_writes_markdown_and_csv(finished_run, tmp_path, capsys
     assert "| run | dataset |" in out.with_suffix(".md").read_text()
     assert run_search.main(["compare", str(tmp_path / "nothing")]) == 2
     assert "metrics.json: missing" in capsys.readouterr().err
+
+
+def test_the_printed_tensorboard_command_runs_this_environments_tensorboard(monkeypatch):
+    from search.runs import tensorboard_command
+
+    monkeypatch.chdir(ROOT)
+    program, rest = tensorboard_command("tuner_runs/x/tensorboard").split(" ", 1)
+    assert rest == "--logdir tuner_runs/x/tensorboard"
+    assert (ROOT / program).resolve() == (Path(sys.executable).parent / "tensorboard").resolve()

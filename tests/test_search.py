@@ -363,7 +363,7 @@ def test_search_space_defaults_and_conditions(cache):
     values = hypermodel.declare(other)
     assert "vgg_depth" not in values and "vgg_width" not in values and values["temporal_units"] == 64
     assert "resnet50" not in str(PersonalityHyperModel(cache, crop_size=32).declare(kt.HyperParameters()))
-    with pytest.raises(ValueError, match=r"fixed hyperparameters \['depth'\] are unknown"):
+    with pytest.raises(ValueError, match="--fix depth: unknown hyperparameter"):
         PersonalityHyperModel(cache, fixed={"depth": 2})
 
 

@@ -30,8 +30,8 @@ def test_choices_replace_the_default_range_and_the_first_is_the_default(cache):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"choices": {"vgg_breadth": [8]}}, "unknown"),
-    ({"choices": {"vgg_width": []}}, "no choices"),
-    ({"choices": {"vgg_width": [8]}, "fixed": {"vgg_width": 16}}, "both fixed"),
+    ({"choices": {"vgg_width": []}}, "no values given"),
+    ({"choices": {"vgg_width": [8]}, "fixed": {"vgg_width": 16}}, "both --fix and --choices"),
 ])
 def test_bad_space_settings_are_refused_by_name(cache, kwargs, message):
     with pytest.raises(ValueError, match=message):
