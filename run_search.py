@@ -340,8 +340,10 @@ def _user_errors() -> tuple:
 
     from fi_data.archives import ArchiveError
     from fi_data.ffmpeg_tools import FFmpegNotFoundError
+    from fi_data.locks import FolderInUseError
     from search.tuner import SearchFailedError
-    return (ArchiveError, FFmpegNotFoundError, SearchFailedError, OSError, ValueError, pickle.UnpicklingError)
+    return (ArchiveError, FFmpegNotFoundError, FolderInUseError, SearchFailedError, OSError, ValueError,
+            pickle.UnpicklingError)
 
 
 def _passwords(args):
@@ -466,18 +468,21 @@ def cmd_search(args, retrain: bool = False) -> int:
         run_worker(run_dir, config, lambda: prepare(args)[0])
         print(f"[search] worker {role.worker_id}: the chief has no trials left; it retrains and reports")
         return 0
-    cache, _ = prepare(args, plots_dir=run_dir / "plots")
-    result = run_search(cache, run_dir, config)
-    print(f"[search] stopped by {result.stopped_by} after {result.elapsed_s:.0f} s; "
-          f"best validation 1-MAE {result.best.score:.4f} (trial {result.best.trial_id})")
-    if not retrain:
-        print(f"[search] best hyperparameters: {result.paths.best_hyperparameters}")
-        return 0
-    from search.report import write_report
-    from search.train import retrain_and_evaluate
+    from fi_data.locks import FolderLock
 
-    metrics = retrain_and_evaluate(cache, run_dir, result.best, result.config, **_variation_args(args, run_dir))
-    write_report(run_dir)
+    with FolderLock(run_dir, "run folder"):  # one search of a run folder at a time (workers share it)
+        cache, _ = prepare(args, plots_dir=run_dir / "plots")
+        result = run_search(cache, run_dir, config)
+        print(f"[search] stopped by {result.stopped_by} after {result.elapsed_s:.0f} s; "
+              f"best validation 1-MAE {result.best.score:.4f} (trial {result.best.trial_id})")
+        if not retrain:
+            print(f"[search] best hyperparameters: {result.paths.best_hyperparameters}")
+            return 0
+        from search.report import write_report
+        from search.train import retrain_and_evaluate
+
+        metrics = retrain_and_evaluate(cache, run_dir, result.best, result.config, **_variation_args(args, run_dir))
+        write_report(run_dir)
     print(format_summary(metrics, run_dir))
     return 0
 
@@ -527,18 +532,21 @@ def cmd_retrain(args) -> int:
         if value is not None:
             changes[name] = value
     config = dataclasses.replace(config, **changes)
-    if cached is not None and args.data_dir is None and (cached / "manifest.json").is_file():
-        from fi_data.cache_format import open_cache
-        cache = open_cache(cached)  # the cache the run searched on
-        print(f"[data] feature cache of the run: {cache.path}")
-    else:
-        cache, _ = prepare(args, plots_dir=Path(run_dir) / "plots")
     if args.ensemble_top > 1 and not source.is_dir():
         raise ValueError(f"--ensemble-top {args.ensemble_top} needs a run folder for --from (its ranked "
                          f"configurations); {source} is a file")
-    metrics = retrain_and_evaluate(cache, run_dir, best, config,
-                                   **_variation_args(args, source if source.is_dir() else run_dir))
-    write_report(run_dir)
+    from fi_data.locks import FolderLock
+
+    with FolderLock(run_dir, "run folder"):
+        if cached is not None and args.data_dir is None and (cached / "manifest.json").is_file():
+            from fi_data.cache_format import open_cache
+            cache = open_cache(cached)  # the cache the run searched on
+            print(f"[data] feature cache of the run: {cache.path}")
+        else:
+            cache, _ = prepare(args, plots_dir=Path(run_dir) / "plots")
+        metrics = retrain_and_evaluate(cache, run_dir, best, config,
+                                       **_variation_args(args, source if source.is_dir() else run_dir))
+        write_report(run_dir)
     print(format_summary(metrics, run_dir))
     return 0
 

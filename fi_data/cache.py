@@ -62,6 +62,7 @@ from fi_data import audio as audio_features
 from fi_data.cache_format import (FORMAT_VERSION, MANIFEST_NAME, FeatureCache, SplitArrays, open_cache,
                                   write_json_atomic, write_split)
 from fi_data.ffmpeg_tools import MediaError, decode_clip, ffmpeg_version, probe, require_ffmpeg
+from fi_data.locks import FolderLock
 from fi_data.traits import SPLITS, TRAITS
 from fi_data.video import detect_bars, evenly_spaced_indices, fit_frames, is_odd_resolution, source_chain
 
@@ -610,6 +611,18 @@ def build_cache(clips: pd.DataFrame, cache_root: str | os.PathLike, params: Prep
     except Exception as e:  # noqa: BLE001 - any pickling failure means the same thing here
         raise ValueError(f"open_clip must be picklable (a module-level function or functools.partial), "
                          f"got {open_clip!r}: {e}") from e
+    # One build of a cache at a time: a second process waits, then finds the cache finished.
+    with FolderLock(cache_dir, "feature cache", wait=True):
+        if (cache_dir / MANIFEST_NAME).is_file():
+            if progress:
+                print(f"Feature cache built by another process: {cache_dir}\n{summarize_cache(cache_dir)}")
+            return cache_dir
+        return _build_locked(table, cache_dir, params, key, open_clip, workers, progress, timeout_s)
+
+
+def _build_locked(table, cache_dir: Path, params: PreprocessParams, key: str, open_clip, workers, progress: bool,
+                  timeout_s: float) -> Path:
+    """The body of :func:`build_cache`, run while its process holds the cache's lock."""
     parts_dir, tmp_dir = cache_dir / PARTS_DIR, cache_dir / TMP_DIR
     parts_dir.mkdir(parents=True, exist_ok=True)
     _clean_partials(cache_dir)

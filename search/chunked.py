@@ -11,16 +11,20 @@ A distributed worker (``search.distributed.run_worker``) runs its trials the sam
 children inherit its ``KERASTUNER_*`` environment and ask the chief for their trials.
 
 The child is ``python -m search.chunked CACHE_DIR RUN_DIR [--max-new-trials N]
-[--deadline T] [--settings JSON]`` (``T``: the search's deadline in ``time.time()`` seconds); it reads the settings from ``RUN_DIR/config.json``,
+[--deadline T] [--settings JSON] [--parent-pid PID]`` (``T``: the search's deadline in ``time.time()`` seconds); it reads the settings from ``RUN_DIR/config.json``,
 replaces those given in ``--settings`` (:data:`PROCESS_SETTINGS` of the parent) and exits
-with one of :data:`EXIT_CODES`.
+with one of :data:`EXIT_CODES`. With ``--parent-pid`` it dies with its parent
+(:func:`die_with_parent`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -68,6 +72,7 @@ def search_in_processes(cache: FeatureCache, paths, config, *, deadline: float |
             if time.time() >= deadline:
                 return "time_budget"
             command += ["--deadline", repr(deadline)]
+        command += ["--parent-pid", str(os.getpid())]
         status = subprocess.run(command, cwd=_ROOT).returncode
         reason = codes.get(status)
         if reason in ("search_finished", "time_budget"):
@@ -81,6 +86,26 @@ def search_in_processes(cache: FeatureCache, paths, config, *, deadline: float |
                                + f"; its output is above. Rerun the same command to resume {paths.root}.")
 
 
+PR_SET_PDEATHSIG = 1
+"""``prctl`` option: the signal the kernel sends this process when its parent dies (Linux,
+``man 2 prctl``)."""
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel send SIGTERM to this process when its parent dies (Linux ``prctl``),
+    and exit now if the parent is already gone, so that a ``kill -9`` of the main job never
+    leaves a child training the same trials as the rerun. Elsewhere, only the check is done.
+
+    Raises:
+        SystemExit: when the process's parent is no longer ``parent_pid``.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before the prctl took effect
+        raise SystemExit(f"the parent search process {parent_pid} is gone; this child stops")
+
+
 def main(argv=None) -> int:
     """Entry point of a child: resume the run folder's search for at most N new trials."""
     parser = argparse.ArgumentParser(prog="python -m search.chunked", description=__doc__.split("\n\n")[0])
@@ -91,7 +116,11 @@ def main(argv=None) -> int:
                         help="time.time() after which no trial starts and the running one stops after its epoch")
     parser.add_argument("--settings", type=json.loads, default={},
                         help=f"JSON object of settings replacing config.json's (keys: {', '.join(PROCESS_SETTINGS)})")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="die with this process (the parent search): a child must never outlive it")
     args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        die_with_parent(args.parent_pid)
 
     from fi_data.cache_format import open_cache
     from search.config import SearchConfig

@@ -362,3 +362,23 @@ def test_preprocess_params_round_trip_and_validation():
         PreprocessParams(representation="mean_mfcc", standardize="coefficient")
     with pytest.raises(ValueError, match="n_frames must be a positive integer"):
         PreprocessParams(n_frames=0)
+
+
+def test_two_builds_of_one_cache_at_once_decode_once_and_agree(clips, tmp_path, capsys):
+    """The second build waits for the first (the cache's lock) and reuses its result."""
+    import threading
+
+    table = table_for(clips, ["good", "dash"], {"dash": "train"})
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(build_cache(table, tmp_path, open_clip=open_path,
+                                                                          workers=1, progress=True)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.3)
+    for t in threads:
+        t.join(timeout=300)
+    out = capsys.readouterr().out
+    assert len(results) == 2 and results[0] == results[1] and (results[0] / "manifest.json").is_file()
+    assert out.count("Preprocessing 2 clips") == 1 and "Feature cache built by another process" in out
+    assert "this feature cache is in use by pid" in out
