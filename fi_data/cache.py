@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -75,6 +76,52 @@ FEATURE_VERSION = 2
 PARTS_DIR, TMP_DIR, ASSEMBLY_DIR = "parts", "tmp", "assembly"
 _PARTIAL_PREFIX = ".partial-"
 _EXAMPLES = 10  # clip ids listed per problem in the manifest summary
+
+MIN_FREE_BYTES = 256 * 2**20
+"""Free space (bytes) below which a clip's failure is blamed on the disk, not the clip: a
+First Impressions clip spooled out of its zip takes 2-5 MB and its part file under 1 MB, so
+a disk with less than 256 MiB left is too full to tell a broken clip from a truncated one."""
+
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOMEM})
+"""``OSError`` numbers that are the machine's fault (full disk, quota, read-only, memory):
+never a clip's verdict."""
+
+
+class DiskFullError(OSError):
+    """The machine, not a clip, stopped the build (full disk, quota, read-only or no memory).
+
+    Nothing is recorded for the clip at hand, so a rerun with space retries it. The message
+    names the folder and the space free and needed.
+    """
+
+
+def _free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def _machine_error(e: BaseException, folder: Path, what: str) -> DiskFullError | None:
+    """A :class:`DiskFullError` for ``e`` when it is the machine's fault, else None."""
+    if isinstance(e, DiskFullError):
+        return e
+    if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno in MACHINE_ERRNOS):
+        return DiskFullError(getattr(e, "errno", None) or errno.ENOMEM,
+                             f"{what} in {folder} failed on the machine, not the clip: {type(e).__name__}: {e} "
+                             f"({_mib(_free_bytes(folder))} free). Free space (or memory) and rerun the same "
+                             "command: finished clips are kept and this one is retried")
+    return None
+
+
+def _check_space(folder: Path, needed: int, what: str) -> None:
+    """Raise :class:`DiskFullError` when ``folder``'s disk has less than ``needed`` bytes free."""
+    free = _free_bytes(folder)
+    if free < needed:
+        raise DiskFullError(errno.ENOSPC, f"{folder}: {what} needs {_mib(needed)} free on this disk, "
+                                          f"{_mib(free)} are. Free space and rerun the same command: finished "
+                                          "clips are kept")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,6 +431,12 @@ class _Job:
     timeout_s: float
 
     def run(self, clip_id: str, source: str) -> tuple[str, str, tuple]:
+        """Process one clip and write its part file.
+
+        Raises:
+            DiskFullError: the disk (or memory) failed, not the clip: nothing is recorded
+                for it, so the rerun retries it.
+        """
         try:
             with self.open_clip(source) as path:
                 try:
@@ -391,10 +444,39 @@ class _Job:
                                     tmp_dir=self.tmp_dir)
                 except Exception as e:  # noqa: BLE001 - a bug on one clip must not stop the job
                     clip = _skipped("unexpected_error", f"{type(e).__name__}: {e}")
+                self._blame_the_machine(clip_id, clip)  # while a spooled copy still takes its space
+        except DiskFullError:
+            raise
         except Exception as e:  # noqa: BLE001 - an unreadable source is one clip's problem
+            machine = _machine_error(e, self.tmp_dir, f"opening clip {clip_id}")
+            if machine is not None:
+                raise machine from e
             clip = _skipped("open_failed", f"{type(e).__name__}: {e}")
-        _write_part(self.parts_dir, clip_id, clip, self.params)
+            self._blame_the_machine(clip_id, clip)
+        try:
+            _write_part(self.parts_dir, clip_id, clip, self.params)
+        except (OSError, MemoryError) as e:
+            machine = _machine_error(e, self.parts_dir, f"writing the features of clip {clip_id}")
+            if machine is None:
+                raise
+            raise machine from e
         return clip_id, clip.status, clip.flags
+
+    def _blame_the_machine(self, clip_id: str, clip: ClipFeatures) -> None:
+        """Raise :class:`DiskFullError` instead of recording a failed clip when the disk is
+        (nearly) full or the failure says so: a truncated copy is not a broken clip."""
+        if clip.status == "ok":
+            return
+        if "No space left on device" in (clip.detail or ""):
+            raise DiskFullError(errno.ENOSPC, f"clip {clip_id} failed because the disk is full ({clip.detail}); "
+                                              "free space and rerun: it will be retried")
+        for folder in {self.tmp_dir, self.parts_dir}:
+            free = _free_bytes(folder)
+            if free < MIN_FREE_BYTES:
+                raise DiskFullError(errno.ENOSPC, f"clip {clip_id} failed ({clip.status}) with only {_mib(free)} "
+                                                  f"free in {folder} (under {_mib(MIN_FREE_BYTES)}): the disk, not "
+                                                  "the clip, is blamed. Free space and rerun the same command: "
+                                                  "finished clips are kept and this one is retried")
 
 
 _WORKER_JOB: _Job | None = None
@@ -537,13 +619,25 @@ def _finish(cache_dir: Path, table: pd.DataFrame, params: PreprocessParams, key:
     m, m_exact = _mean_frames(entries, table)
     a_shape = audio_features.audio_shape(params, m)
     f_shape = (params.n_frames, params.frame_height, params.frame_width, 3)
+    n_ok = sum(e["status"] == "ok" for e in entries.values())
+    per_clip = 4 * int(np.prod(a_shape)) + int(np.prod(f_shape))  # float32 audio + uint8 frames
+    largest = max((int((table["split"] == s).sum()) for s in SPLITS), default=0)
+    # The final arrays of every split, plus the scratch arrays of the largest one: checked now,
+    # because a memory-mapped write into a full disk ends the process with SIGBUS, unexplained.
+    _check_space(cache_dir, (n_ok + largest) * per_clip + MIN_FREE_BYTES, "assembling the cache's arrays")
     splits = {}
     for name in SPLITS:
         rows = table[table["split"] == name]
         kept = rows.loc[np.array([entries[c]["status"] == "ok" for c in rows["clip_id"]], dtype=bool)]
         ids = kept["clip_id"].tolist()
         targets = kept[list(TRAITS)].to_numpy(dtype=np.float32).reshape(len(ids), len(TRAITS))
-        _assemble_split(cache_dir, name, ids, targets, parts_dir, params, m, a_shape, f_shape)
+        try:
+            _assemble_split(cache_dir, name, ids, targets, parts_dir, params, m, a_shape, f_shape)
+        except (OSError, MemoryError) as e:
+            machine = _machine_error(e, cache_dir, f"assembling the {name} split")
+            if machine is None:
+                raise
+            raise machine from e
         splits[name] = {"n": len(ids), "skipped": int(len(rows) - len(ids))}
     manifest = {
         "format_version": FORMAT_VERSION, "key": key, "params": params.to_dict(), "traits": list(TRAITS),

@@ -382,3 +382,42 @@ def test_two_builds_of_one_cache_at_once_decode_once_and_agree(clips, tmp_path, 
     assert len(results) == 2 and results[0] == results[1] and (results[0] / "manifest.json").is_file()
     assert out.count("Preprocessing 2 clips") == 1 and "Feature cache built by another process" in out
     assert "this feature cache is in use by pid" in out
+
+
+def test_a_clip_failing_on_a_full_disk_is_not_recorded_and_is_retried_with_space(clips, tmp_path, monkeypatch):
+    """ENOSPC is the machine's fault, never a clip's verdict (issue 15 §3)."""
+    import fi_data.cache as cache_module
+
+    table = table_for(clips, ["good", "garbage"], {"garbage": "train"})
+    monkeypatch.setattr(cache_module, "_free_bytes", lambda folder: 10 * 2**20)  # 10 MiB left
+    with pytest.raises(cache_module.DiskFullError, match=r"clip .* failed \(\w+\) with only 10 MiB free in .*tmp"):
+        build_cache(table, tmp_path, open_clip=open_path, workers=1, progress=False)
+    parts = list((next(tmp_path.iterdir()) / "parts").glob("*.npz"))
+    assert clip_id("garbage") not in " ".join(p.name for p in parts)  # nothing recorded for it
+    monkeypatch.undo()
+    cache = open_cache(build_cache(table, tmp_path, open_clip=open_path, workers=1, progress=False))
+    entry = cache.manifest["clips"][clip_id("garbage")]
+    assert entry["status"] == EXPECTED["garbage"][1]  # its real verdict, decided with space
+
+
+def test_enospc_while_writing_a_part_or_before_assembly_is_one_clear_error(clips, tmp_path, monkeypatch):
+    import errno
+
+    import fi_data.cache as cache_module
+
+    table = table_for(clips, ["good"])
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(cache_module.np, "savez", full)
+        with pytest.raises(cache_module.DiskFullError, match=r"writing the features of clip .* in .*parts failed on "
+                                                              r"the machine, not the clip"):
+            build_cache(table, tmp_path, open_clip=open_path, workers=1, progress=False)
+    with monkeypatch.context() as m:  # the good clip needs no check; the assembly finds 1 MiB left
+        m.setattr(cache_module, "_free_bytes", lambda folder: 2**20)
+        with pytest.raises(cache_module.DiskFullError, match=r"assembling the cache's arrays needs .* MiB free on "
+                                                              r"this disk, 1 MiB are"):
+            build_cache(table, tmp_path, open_clip=open_path, workers=1, progress=False)
+    assert open_cache(build_cache(table, tmp_path, open_clip=open_path, workers=1, progress=False))
