@@ -222,6 +222,9 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    help="run folder name (default: 'demo', or '<data folder name>-<split>'); "
                         "rerunning the same command resumes this run")
     g.add_argument("--overwrite", action="store_true", help="delete the run folder's results and start over")
+    g.add_argument("--continue", dest="continue_search", action="store_true",
+                   help="search on in a FINISHED run (retrained and reported) with a new time budget, then "
+                        "retrain again; without it, rerunning a finished run only prints its summary")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                    help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch (default: 1)")
 
@@ -273,8 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", type=Path, required=True, metavar="RUN_OR_JSON",
                    help="a run folder or a JSON file of hyperparameter values")
     p.add_argument("--run-dir", type=Path, default=None,
-                   help="output run folder (default: the run folder given to --from; for a JSON file, "
-                        "tuner_runs/retrain-<file name>)")
+                   help="output run folder (default: '<run>-retrain' beside the run folder given to --from; "
+                        "for a JSON file, tuner_runs/retrain-<file name>). It becomes a run folder that "
+                        "retrain --from and predict --run accept")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished retraining in the output folder (default: refuse)")
     p.add_argument("--max-epochs", type=_positive_int, default=None,
                    help="epochs of the retraining when --retrain-epochs is not given (default: the run's)")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras training output")
@@ -471,6 +477,8 @@ def cmd_search(args, retrain: bool = False) -> int:
     from fi_data.locks import FolderLock
 
     with FolderLock(run_dir, "run folder"):  # one search of a run folder at a time (workers share it)
+        if retrain and _reprint_finished(run_dir, config, args):
+            return 0
         cache, _ = prepare(args, plots_dir=run_dir / "plots")
         result = run_search(cache, run_dir, config)
         print(f"[search] stopped by {result.stopped_by} after {result.elapsed_s:.0f} s; "
@@ -485,6 +493,32 @@ def cmd_search(args, retrain: bool = False) -> int:
         write_report(run_dir)
     print(format_summary(metrics, run_dir))
     return 0
+
+
+def _reprint_finished(run_dir: Path, config, args) -> bool:
+    """Print the summary of a finished run (retrained, ``metrics.json`` written) with the same
+    search settings and return True, unless ``--overwrite`` or ``--continue`` asks for work."""
+    import json
+
+    from search.runs import RunPaths, load_run
+    from search.summary import format_summary
+
+    paths = RunPaths(run_dir)
+    if config.overwrite or args.continue_search or not (paths.metrics.is_file() and paths.config.is_file()):
+        return False
+    saved = load_run(run_dir)
+    differences = saved.config.search_differences(config)
+    if config.plan_epochs:  # the plan chose these; leaving --max-epochs out accepts them
+        for planned in ("max_epochs", "max_trials", "hyperband_iterations"):
+            differences.pop(planned, None)
+    if differences or saved.metrics is None:
+        return False  # other settings: the normal path explains the mismatch
+    finished = json.loads(paths.search_summary.read_text()).get("stopped_by") if paths.search_summary.is_file() else None
+    print(f"[run] {run_dir} is finished (search stopped by {finished or 'an earlier run'}, retrained and "
+          "reported); its summary follows. Pass --continue to search on with a new time budget, or --overwrite "
+          "to start over.")
+    print(format_summary(saved.metrics, run_dir))
+    return True
 
 
 def _variation_args(args, searched_run) -> dict:
@@ -520,7 +554,7 @@ def cmd_retrain(args) -> int:
         if saved.best is None:
             raise ValueError(f"{source}: this run has no best_hyperparameters.json yet (no trial finished)")
         config, best = saved.config, saved.best
-        run_dir = args.run_dir or source
+        run_dir = args.run_dir or source.parent / f"{source.name}-retrain"
         cached = Path(saved.cache.get("path", ""))
     else:
         config, best = SearchConfig(), load_best_hyperparameters(source)
@@ -532,6 +566,14 @@ def cmd_retrain(args) -> int:
         if value is not None:
             changes[name] = value
     config = dataclasses.replace(config, **changes)
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file() and not args.overwrite:
+        raise ValueError(f"{run_dir} already holds a finished retraining (metrics.json); pass --overwrite to "
+                         "replace it, or --run-dir for another folder")
+    origin = f"trial {best.trial_id} of {source}" if best.trial_id is not None else str(source)
+    print(f"[retrain] rebuilding the configuration of {origin}"
+          + (f" (validation 1-MAE {best.score:.4f})" if best.score is not None else "") + f" into {run_dir}: "
+          + ", ".join(f"{k}={v}" for k, v in sorted(best.values.items())), flush=True)
     if args.ensemble_top > 1 and not source.is_dir():
         raise ValueError(f"--ensemble-top {args.ensemble_top} needs a run folder for --from (its ranked "
                          f"configurations); {source} is a file")
@@ -546,9 +588,28 @@ def cmd_retrain(args) -> int:
             cache, _ = prepare(args, plots_dir=Path(run_dir) / "plots")
         metrics = retrain_and_evaluate(cache, run_dir, best, config,
                                        **_variation_args(args, source if source.is_dir() else run_dir))
+        _make_run_folder(run_dir, source, config, best, cache)
         write_report(run_dir)
     print(format_summary(metrics, run_dir))
     return 0
+
+
+def _make_run_folder(run_dir: Path, source: Path, config, best, cache) -> None:
+    """Give a retraining's output folder what a run folder has (``config.json``,
+    ``best_hyperparameters.json``, the ranked configurations), so that ``retrain --from`` and
+    ``predict --run`` accept it. Nothing is rewritten when it retrained in place."""
+    import shutil
+
+    from search.runs import RunPaths, cache_identity
+
+    out = RunPaths(run_dir)
+    if source.is_dir() and source.resolve() == run_dir.resolve():
+        return
+    config.save(out.config, cache=cache_identity(cache), retrained_from=str(source))
+    best.save(out.best_hyperparameters)
+    ranked = RunPaths(source).top_hyperparameters if source.is_dir() else None
+    if ranked is not None and ranked.is_file():
+        shutil.copyfile(ranked, out.top_hyperparameters)
 
 
 def cmd_predict(args) -> int:

@@ -174,7 +174,8 @@ def finished_run(tmp_path_factory):
            "batch_size": 4}
     run_dir = tmp / "tuner_runs" / "fixture"
     metrics = retrain_and_evaluate(cache, run_dir, hps, config)
-    return {"run_dir": run_dir, "metrics": metrics, "clips_dir": clips_dir, "tmp": tmp}
+    return {"run_dir": run_dir, "metrics": metrics, "clips_dir": clips_dir, "tmp": tmp, "cache": cache,
+            "config": config, "hps": hps}
 
 
 def test_predict_scores_the_good_clip_and_gives_the_reason_for_the_corrupt_one(finished_run, tmp_path):
@@ -303,3 +304,52 @@ def test_the_printed_tensorboard_command_runs_this_environments_tensorboard(monk
     program, rest = tensorboard_command("tuner_runs/x/tensorboard").split(" ", 1)
     assert rest == "--logdir tuner_runs/x/tensorboard"
     assert (ROOT / program).resolve() == (Path(sys.executable).parent / "tensorboard").resolve()
+
+
+def _searched_copy(finished_run, folder, config):
+    """A copy of the fixture's run as a search would leave it (config.json, best_hyperparameters.json)."""
+    import shutil
+
+    from search.runs import BestHyperparameters, RunPaths, cache_identity
+
+    shutil.copytree(finished_run["run_dir"], folder)
+    config.save(RunPaths(folder).config, cache=cache_identity(finished_run["cache"]))
+    BestHyperparameters(values=finished_run["hps"], score=0.9, trial_id="0007").save(
+        RunPaths(folder).best_hyperparameters)
+    return folder
+
+
+def test_rerunning_a_finished_run_prints_its_summary_and_continue_searches_on(finished_run, tmp_path,
+                                                                              monkeypatch, capsys):
+    args = ["run", "--runs-dir", str(tmp_path), "--run-name", "done"]
+    _searched_copy(finished_run, tmp_path / "done", run_search.search_config(run_search.parse_args(args)))
+
+    def data_work(*a, **k):
+        raise RuntimeError("the data stage started")
+
+    monkeypatch.setattr(run_search, "prepare", data_work)
+    assert run_search.main(args) == 0
+    out = capsys.readouterr().out
+    test_mean = finished_run["metrics"]["scores"]["test"]["mean"]["one_minus_mae"]
+    assert "is finished" in out and "--continue" in out and f"{test_mean:.4f}" in out
+    with pytest.raises(RuntimeError, match="the data stage started"):
+        run_search.main([*args, "--continue"])
+    with pytest.raises(RuntimeError, match="the data stage started"):  # other settings: not this run's summary
+        run_search.main([*args, "--seed", "5"])
+
+
+def test_retrain_writes_beside_the_run_and_its_output_is_a_run_folder(finished_run, tmp_path, capsys):
+    run = _searched_copy(finished_run, tmp_path / "searched", finished_run["config"])
+    before = (run / "metrics.json").read_bytes()
+    assert run_search.main(["retrain", "--from", str(run), "--verbose", "0"]) == 0
+    out = capsys.readouterr().out
+    beside = tmp_path / "searched-retrain"
+    assert f"rebuilding the configuration of trial 0007 of {run} (validation 1-MAE 0.9000) into {beside}" in out
+    assert (run / "metrics.json").read_bytes() == before  # the search run is untouched
+    assert run_search.main(["retrain", "--from", str(run)]) == 2  # a finished retraining is not redone silently
+    assert "already holds a finished retraining" in capsys.readouterr().err
+    assert run_search.main(["retrain", "--from", str(run), "--overwrite", "--verbose", "0"]) == 0
+    again = tmp_path / "again"  # the retraining's folder is itself a source for retrain and predict
+    assert run_search.main(["retrain", "--from", str(beside), "--run-dir", str(again), "--verbose", "0"]) == 0
+    clip = next(finished_run["clips_dir"].glob("*.mp4"))
+    assert run_search.main(["predict", "--run", str(again), str(clip), "--out", str(tmp_path / "p")]) == 0
