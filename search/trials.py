@@ -80,7 +80,13 @@ def trials_table(trials, project_dir: str | os.PathLike) -> pd.DataFrame:
                      "failure_message": failure_summary(trial.message)})
     model_hps = [n for n in hp_names if not n.startswith("tuner/")]
     columns = [*LEADING, *model_hps, *(n for n in hp_names if n.startswith("tuner/")), *TRAILING]
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    for name in columns:  # integers stay integers beside empty cells ("9", not "9.0")
+        cells = [r.get(name) for r in rows]
+        present = [v for v in cells if v is not None]
+        if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+            table[name] = pd.array(cells, dtype="Int64")
+    return table
 
 
 def write_trials_csv(table: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -175,8 +175,17 @@ class _SearchTunerMixin:
         for trial in self.oracle.trials.values():
             if trial.status == TrialStatus.RUNNING and trial.trial_id not in pending:
                 trial.status = TrialStatus.FAILED
-                trial.message = ("InterruptedError: the process stopped while this trial was being created; "
-                                 "it never trained")
+                epochs = len(trial.metrics.get_history(OBJECTIVE.name)) if trial.metrics.exists(OBJECTIVE.name) else 0
+                if epochs:  # the oracle saved each finished epoch's score
+                    best = trial.metrics.get_best_value(OBJECTIVE.name)
+                    trial.message = (f"InterruptedError: the process stopped after {epochs} finished epoch(s) of "
+                                     f"this trial (best {OBJECTIVE.name} {best:.4f}); it is not counted")
+                    info = trial_info_path(self.fi_paths.project_dir, trial.trial_id)
+                    if not info.is_file():
+                        write_json_atomic(info, {"epochs_trained": epochs, "interrupted": True})
+                else:
+                    trial.message = ("InterruptedError: the process stopped while this trial was being created; "
+                                     "it never trained")
                 self.oracle._save_trial(trial)
 
     def time_left(self) -> float | None:

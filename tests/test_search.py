@@ -22,6 +22,7 @@ from search.job import run_job
 from search.runs import (BestHyperparameters, RunPaths, load_best_hyperparameters, load_run,
                          load_top_hyperparameters, prepare_run_dir)
 from search.tensorboard_logs import read_scalars, read_session_hparams
+from search.trials import trials_table, write_trials_csv
 from search.train import retrain_and_evaluate
 from search.tuner import OBJECTIVE, SearchFailedError, make_hypermodel, make_tuner, run_search, smoke_check
 
@@ -294,6 +295,28 @@ def test_a_trial_saved_but_never_recorded_by_the_oracle_is_marked_failed(small_c
     assert orphan.status == "FAILED" and "never trained" in orphan.message
     on_disk = json.loads((paths.project_dir / "trial_0007" / "trial.json").read_text())
     assert on_disk["status"] == "FAILED"
+
+
+def test_a_trial_killed_after_some_epochs_is_recorded_with_them(small_cache, tmp_path):
+    config = tiny_config()
+    paths = prepare_run_dir(tmp_path, config, small_cache)
+    hypermodel = make_hypermodel(small_cache, config)
+    tuner = make_tuner(hypermodel, paths, config)
+    trial = kt.engine.trial.Trial(tuner.oracle.get_space(), trial_id="0008", status="RUNNING")
+    trial.metrics.register("val_one_minus_mae", direction="max")
+    for epoch, score in enumerate((0.81, 0.86, 0.84)):  # what the oracle saved after each epoch
+        trial.metrics.update("val_one_minus_mae", score, step=epoch)
+    tuner.oracle._save_trial(trial)
+    tuner.save()
+    reloaded = make_tuner(hypermodel, paths, config)
+    orphan = reloaded.oracle.get_trial("0008")
+    assert orphan.status == "FAILED"
+    assert "stopped after 3 finished epoch(s) of this trial (best val_one_minus_mae 0.8600)" in orphan.message
+    table = trials_table(reloaded.oracle.trials.values(), paths.project_dir)
+    row = table.set_index("trial_id").loc["0008"]
+    assert row["epochs_trained"] == 3 and str(table["epochs_trained"].dtype) == "Int64"
+    write_trials_csv(table, paths.trials_csv)
+    assert ",3," in paths.trials_csv.read_text() and ",3.0," not in paths.trials_csv.read_text()
 
 
 def test_unknown_hyperparameters_are_refused_before_training(small_cache, tmp_path):
