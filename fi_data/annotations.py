@@ -15,7 +15,11 @@ only the two globals this format needs and replaces them by safe stand-ins that 
 nothing but a little- or big-endian float64 (numpy's own ``scalar`` is never called on
 file data: with an ``object`` dtype it would turn bytes into a pointer). Any other global,
 an extension code or a persistent id raises :class:`UnsafePickleError` before anything
-runs.
+runs. Sizes are bounded too: a file over :data:`MAX_ANNOTATION_BYTES` is refused, and the
+opcode stream is checked before unpickling (:func:`_check_opcodes`), so a length or memo
+index claiming more than the file holds (``BINUNICODE`` of 4 GiB, a 1 TiB
+``BINUNICODE8``...) is an :class:`AnnotationFormatError` at once, never a huge allocation or
+a ``MemoryError``. Every error raised while reading names the file.
 
 :func:`write_annotation_pickle` writes the same format byte for byte (protocol 2 opcodes,
 ``cPickle``'s memo numbering and 1000-item ``SETITEMS`` batches), so the demo dataset's
@@ -28,6 +32,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import re
 import struct
 from pathlib import Path
@@ -52,6 +57,13 @@ CLIP_FILE_RE = re.compile(r"^([A-Za-z0-9_-]{11})\.(\d{3})\.mp4$")
 
 LABEL_COLUMNS = ("clip_id", "split", *TRAITS, INTERVIEW)
 """Columns of the DataFrame returned by :func:`read_annotations`, in order."""
+
+MAX_ANNOTATION_BYTES = 64 * 2**20
+"""Largest annotation pickle read (bytes): 64 MiB. The release's largest,
+``annotation_training.pkl`` (6000 clips), is 0.8 MB, about 130 bytes a clip, so 64 MiB would
+hold ~500,000 clips while keeping what is read into memory bounded."""
+
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
 
 _ALLOWED_GLOBALS = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
                     ("numpy", "dtype")}
@@ -106,19 +118,36 @@ def _float64_scalar(dtype, data):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, origin: str):
+    """Messages here do not name the file: :func:`load_annotation_pickle` prefixes it."""
+
+    def __init__(self, file):
         super().__init__(file, encoding="latin1")
-        self._origin = origin
 
     def find_class(self, module, name):
         if (module, name) not in _ALLOWED_GLOBALS:
             raise UnsafePickleError(
-                f"{self._origin}: the pickle asks for the global {module}.{name}, which annotation files never "
+                f"the pickle asks for the global {module}.{name}, which annotation files never "
                 "contain; refusing to load it (nothing from the file was run)")
         return _Float64Dtype if name == "dtype" else _float64_scalar
 
     def persistent_load(self, pid):
-        raise UnsafePickleError(f"{self._origin}: persistent ids do not occur in annotation files")
+        raise UnsafePickleError("persistent ids do not occur in annotation files")
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Walk the opcode stream without building anything (:func:`pickletools.genops`).
+
+    Catches what would make the unpickler allocate far more than the file holds: a counted
+    string, bytes or integer longer than the rest of the file (genops raises), and a memo
+    index larger than the number of opcodes so far (the C unpickler sizes its memo by the
+    largest index: ``LONG_BINPUT 4294967295`` would allocate 32 GiB).
+
+    Raises:
+        ValueError: the stream is malformed or claims an absurd size (without the file name).
+    """
+    for count, (op, arg, pos) in enumerate(pickletools.genops(data), 1):
+        if op.name in _MEMO_PUTS and int(arg) > count:
+            raise ValueError(f"memo index {int(arg):,} at byte {pos} exceeds the {count:,} opcodes read so far")
 
 
 def load_annotation_pickle(file, origin: str | None = None) -> dict:
@@ -131,20 +160,34 @@ def load_annotation_pickle(file, origin: str | None = None) -> dict:
     Returns:
         ``{key: {file name: float | numpy.float64}}`` exactly as stored (key order kept).
 
+    The file is read whole (at most :data:`MAX_ANNOTATION_BYTES`), its opcodes checked
+    (:func:`_check_opcodes`), then unpickled from memory.
+
     Raises:
         UnsafePickleError: a global other than the numpy float64 reconstruction, or any
             other construct outside the format; nothing from the file is executed.
-        AnnotationFormatError: the file is not a pickle, or is truncated.
+        AnnotationFormatError (a ``ValueError``): the file is not a pickle, is truncated,
+            is larger than :data:`MAX_ANNOTATION_BYTES`, or claims a size it does not hold
+            (a string longer than the file, a huge memo index; checked before any
+            allocation; a ``MemoryError`` while unpickling also ends here).
+        OSError: the file cannot be read (errors of a zip member's stream pass through).
+        Every message starts with ``origin``.
     """
     if isinstance(file, (str, os.PathLike)):
         with open(file, "rb") as f:
             return load_annotation_pickle(f, origin or str(file))
     origin = origin or getattr(file, "name", "<annotation pickle>")
+    data = file.read(MAX_ANNOTATION_BYTES + 1)
+    if len(data) > MAX_ANNOTATION_BYTES:
+        raise AnnotationFormatError(f"{origin}: larger than the {MAX_ANNOTATION_BYTES // 2**20} MiB an annotation "
+                                    "pickle can be (the release's largest is 0.8 MB); not read")
     try:
-        return _RestrictedUnpickler(file, origin).load()
-    except UnsafePickleError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        _check_opcodes(data)
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(f"{origin}: {exc}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
+            MemoryError, OverflowError, RecursionError) as exc:
         raise AnnotationFormatError(f"{origin}: not a readable annotation pickle ({type(exc).__name__}: {exc})") from exc
 
 

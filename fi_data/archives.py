@@ -15,6 +15,19 @@ whole archive:
 * one clip is streamed to a temporary ``.mp4`` in ``tmp_dir`` for decoding and deleted when
   the caller is done.
 
+**Size limits.** Before a member is copied out, its declared size and compression ratio
+are checked (:func:`check_member_size`): a clip over :data:`MAX_CLIP_BYTES`, an inner archive
+over :data:`MAX_INNER_ARCHIVE_BYTES`, or a member over :data:`RATIO_CHECK_MIN_BYTES` that
+declares more than :data:`MAX_COMPRESSION_RATIO` times its compressed size is refused
+(:class:`MemberTooLargeError`) without a byte being written. While copying, more bytes than
+the header declared stop the copy (a lying header), and before copying the destination's
+free space is checked (:class:`InsufficientSpaceError`, an ``OSError`` with ``ENOSPC``).
+Each refusal is an :class:`ArchiveError` naming the archive and member (the space one also
+the folder, the space needed and the space free), so discovery records the member as a
+problem and skips it, and the feature cache records the clip as ``open_failed`` (a lack of
+space is the machine's fault there: the build stops and the clip is retried on the rerun);
+one bad member never stops a job.
+
 Nesting deeper than :data:`MAX_ARCHIVE_DEPTH` archives is refused. Member names that are
 absolute, contain a ``..`` component, a drive letter, NUL or the locator separator are
 refused (:class:`UnsafeMemberError`); temporary files get names chosen here, never member
@@ -40,6 +53,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import io
@@ -73,6 +87,31 @@ DEFAULT_TMP_DIR = Path(__file__).resolve().parents[1] / ".fi_cache" / "tmp"
 AES_METHOD = 99
 """Zip compression method id that marks WinZip AES encryption (APPNOTE.TXT 4.4.5)."""
 
+MAX_CLIP_BYTES = 2 * 2**30
+"""Largest uncompressed size (bytes) of a clip member that :func:`open_clip` copies out: 2 GiB.
+Release clips are 15-second videos of 2-5 MB; 2 GiB is ~400 times that and still holds a
+user's own clip zipped for prediction (30 minutes of 1080p at 8 Mbit/s is ~1.8 GB), while a
+copy of that size fits any disk the toolkit's temporary folder is likely to be on."""
+
+MAX_INNER_ARCHIVE_BYTES = 16 * 2**30
+"""Largest uncompressed size (bytes) of an inner archive that is spooled to ``tmp_dir``: 16 GiB.
+The release's inner archives (``training80_XX.zip``...) are ~300 MB and its whole outer
+archives a few GB; 16 GiB is ~50 times an inner one and still bounds one spool."""
+
+MAX_COMPRESSION_RATIO = 200
+"""Largest accepted ratio of a member's declared uncompressed size to its compressed size.
+H.264 video and AAC audio are already compressed: clips and zips of clips deflate to a ratio
+near 1 (1.0-1.1); even text rarely passes 10. Deflate reaches ~1000 on constant data, which
+is what zip bombs are made of, so 200 refuses bombs and leaves wide room for real members."""
+
+RATIO_CHECK_MIN_BYTES = 2**20
+"""Members declaring at most this many bytes (1 MiB) are never refused for their ratio:
+whatever they expand to is small (a tiny text file of repeated lines may well reach 200:1)."""
+
+FREE_SPACE_MARGIN = 64 * 2**20
+"""Bytes (64 MiB) that must stay free on the destination's disk after a copy out of an
+archive, so a copy never fills the disk to its last byte (logs and other writers need room)."""
+
 _SUPPORTED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 _COPY_CHUNK = 1 << 20
 
@@ -91,6 +130,39 @@ class UnsupportedArchiveError(ArchiveError):
 
 class UnsafeMemberError(ArchiveError, ValueError):
     """A member name is absolute, climbs out with ``..``, or is otherwise unsafe."""
+
+
+class MemberTooLargeError(ArchiveError):
+    """A member declares an absurd size or compression ratio (checked before copying), or
+    gives more bytes than its header declares (while copying); ``reason`` says which."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # picklable, for worker processes
+        return type(self), (str(self), self.reason)
+
+
+class InsufficientSpaceError(ArchiveError, OSError):
+    """The destination folder's disk has too little free space for a copy out of an archive.
+
+    An ``OSError`` with ``errno.ENOSPC`` (so callers that blame the machine for a full disk
+    do so) and an :class:`ArchiveError`; the message names the folder, the space needed and
+    the space free. Attributes ``folder``, ``needed`` and ``free`` (bytes).
+    """
+
+    def __init__(self, folder, needed: int, free: int, what: str):
+        super().__init__(errno.ENOSPC, f"{folder}: copying {what} needs {_mib(needed)} free on this disk "
+                                       f"(its {_mib(needed - FREE_SPACE_MARGIN)} and a {_mib(FREE_SPACE_MARGIN)} "
+                                       f"margin), only {_mib(free)} are free; free space or choose another tmp_dir")
+        self.folder, self.needed, self.free, self.what = Path(folder), needed, free, what
+
+    def __str__(self):
+        return self.strerror
+
+    def __reduce__(self):  # picklable, for worker processes
+        return type(self), (self.folder, self.needed, self.free, self.what)
 
 
 # ---------------------------------------------------------------------------------------
@@ -212,6 +284,77 @@ def resolve_passwords(passwords) -> Passwords:
     if isinstance(passwords, dict):
         return Passwords(passwords)
     raise TypeError(f"passwords: expected None, str, dict or Passwords, got {type(passwords).__name__}")
+
+
+# ---------------------------------------------------------------------------------------
+# Sizes: limits checked before copying a member out, free space, bounded copies
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def check_member_size(info: zipfile.ZipInfo, archive: str, limit: int, kind: str) -> None:
+    """Refuse a member whose declared size or compression ratio is absurd, before reading it.
+
+    Args:
+        info: the member (its ``file_size`` and ``compress_size`` in bytes, from the header).
+        archive: the archive's locator, for the message.
+        limit: the largest ``file_size`` accepted, in bytes (:data:`MAX_CLIP_BYTES`,
+            :data:`MAX_INNER_ARCHIVE_BYTES`).
+        kind: what the member is, for the message (``"a clip"``).
+
+    Raises:
+        MemberTooLargeError: ``file_size > limit``, or ``file_size`` over
+            :data:`RATIO_CHECK_MIN_BYTES` and more than :data:`MAX_COMPRESSION_RATIO` times
+            ``compress_size``; the message names the archive and the member.
+    """
+    size, packed = info.file_size, info.compress_size
+    reason = None
+    if size > limit:
+        reason = f"it declares {size:,} bytes ({_mib(size)}), more than the {_mib(limit)} accepted for {kind}"
+    elif size > RATIO_CHECK_MIN_BYTES and size > MAX_COMPRESSION_RATIO * packed:
+        ratio = f"{size / packed:,.0f}:1" if packed else "infinite"
+        reason = (f"it declares {size:,} bytes from {packed:,} compressed (ratio {ratio}, over the "
+                  f"{MAX_COMPRESSION_RATIO}:1 accepted): a zip bomb or a damaged header")
+    if reason:
+        raise MemberTooLargeError(f"{archive}: refusing member {info.filename!r}: {reason}", reason)
+
+
+def _free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def check_free_space(folder: str | os.PathLike, size: int, what: str) -> None:
+    """Refuse to copy ``size`` bytes into ``folder`` unless its disk keeps
+    :data:`FREE_SPACE_MARGIN` bytes free afterwards.
+
+    Raises:
+        InsufficientSpaceError: naming the folder, the bytes needed and the bytes free.
+    """
+    needed, free = size + FREE_SPACE_MARGIN, _free_bytes(Path(folder))
+    if free < needed:
+        raise InsufficientSpaceError(folder, needed, free, what)
+
+
+def _copy_member(src, out, declared: int, what: str, archive: str, member: str) -> int:
+    """Copy ``src`` to ``out``, never more than ``declared`` bytes; returns the bytes copied.
+
+    Reads at most ``declared + 1`` bytes, so a member giving more than its header declared is
+    detected without writing the excess.
+
+    Raises:
+        MemberTooLargeError: more than ``declared`` bytes came out (a lying header).
+    """
+    total = 0
+    while True:
+        chunk = src.read(min(_COPY_CHUNK, declared - total + 1))
+        if not chunk:
+            return total
+        total += len(chunk)
+        if total > declared:
+            reason = f"it gives more than the {declared:,} bytes its header declares (a lying header)"
+            raise MemberTooLargeError(f"{archive}: refusing member {member!r} ({what}): {reason}", reason)
+        out.write(chunk)
 
 
 # ---------------------------------------------------------------------------------------
@@ -564,7 +707,14 @@ class Spooler:
         return os.path.realpath(outer), st.st_size, st.st_mtime_ns, locator, secret
 
     def spool(self, parent: Archive, info: zipfile.ZipInfo, passwords: Passwords, locator: str):
-        """Return ``(path, release)``: the spooled copy of member ``info`` of ``parent``."""
+        """Return ``(path, release)``: the spooled copy of member ``info`` of ``parent``.
+
+        Raises:
+            MemberTooLargeError: the member declares more than :data:`MAX_INNER_ARCHIVE_BYTES`
+                or an absurd ratio (nothing written), or gives more bytes than declared.
+            InsufficientSpaceError: ``tmp_dir``'s disk lacks the space (nothing written).
+            ArchiveError: the member is corrupt. PasswordError, UnsupportedArchiveError.
+        """
         key = self._key(locator, passwords) if self.keep else None
         with self._lock:
             if key in self._cache:
@@ -572,14 +722,16 @@ class Spooler:
                 entry = self._cache[key]
                 entry[1] += 1
                 return entry[0], lambda: self._release(key)
+        check_member_size(info, parent.locator, MAX_INNER_ARCHIVE_BYTES, "an inner archive")
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_spools(self.tmp_dir)
+        check_free_space(self.tmp_dir, info.file_size, f"the inner archive {locator}")
         fd, name = tempfile.mkstemp(prefix=f"spool-{os.getpid()}-", suffix=".zip", dir=self.tmp_dir)
         log.info("copying %s (%.1f MB) to a temporary file to read it%s", locator, info.file_size / 1e6,
                  " (decrypting in pure Python: slow)" if info.flag_bits & 1 else "")
         try:
             with os.fdopen(fd, "wb") as out, parent.open_member(info, passwords) as src:
-                shutil.copyfileobj(src, out, _COPY_CHUNK)
+                _copy_member(src, out, info.file_size, "an inner archive", parent.locator, info.filename)
         except BaseException as exc:
             os.unlink(name)
             if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError)):
@@ -665,6 +817,11 @@ def open_clip(source: str | os.PathLike, passwords=None, tmp_dir: str | os.PathL
     Raises:
         FileNotFoundError: the file, archive or member does not exist.
         UnsafeMemberError: a member name in the locator is unsafe.
+        MemberTooLargeError: the clip (or an inner archive to spool) declares more than
+            :data:`MAX_CLIP_BYTES` (:data:`MAX_INNER_ARCHIVE_BYTES`) or an absurd
+            compression ratio (refused before any copy), or gives more bytes than declared.
+        InsufficientSpaceError: ``tmp_dir``'s disk lacks the space for the copy (an
+            ``OSError`` with ``ENOSPC``; nothing is written).
         PasswordError, UnsupportedArchiveError, ArchiveError: the archive cannot be read
             (an ``ArchiveError`` also for a member failing its CRC check).
     """
@@ -680,19 +837,24 @@ def open_clip(source: str | os.PathLike, passwords=None, tmp_dir: str | os.PathL
     tmp = Path(tmp_dir) if tmp_dir is not None else DEFAULT_TMP_DIR
     tmp.mkdir(parents=True, exist_ok=True)
     spooler = _process_spooler(tmp)
-    fd, name = tempfile.mkstemp(prefix="clip-", suffix=".mp4", dir=tmp)
-    clip = Path(name)
-    try:
-        with contextlib.ExitStack() as stack, os.fdopen(fd, "wb") as out:
-            archive = stack.enter_context(open_archive(path))
-            for member in members[:-1]:
-                archive = stack.enter_context(archive.open_nested(member, passwords, spooler))
-            info = archive.info(members[-1])
-            try:
-                with archive.open_member(info, passwords) as src:
-                    shutil.copyfileobj(src, out, _COPY_CHUNK)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    with contextlib.ExitStack() as stack:
+        archive = stack.enter_context(open_archive(path))
+        for member in members[:-1]:
+            archive = stack.enter_context(archive.open_nested(member, passwords, spooler))
+        info = archive.info(members[-1])
+        check_member_size(info, archive.locator, MAX_CLIP_BYTES, "a clip")  # before any byte is written
+        check_free_space(tmp, info.file_size, f"the clip {source}")
+        fd, name = tempfile.mkstemp(prefix="clip-", suffix=".mp4", dir=tmp)
+        clip = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out, archive.open_member(info, passwords) as src:
+                _copy_member(src, out, info.file_size, "a clip", archive.locator, info.filename)
+        except BaseException as exc:
+            clip.unlink(missing_ok=True)
+            if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError)):
                 raise ArchiveError(f"{source}: member is corrupt ({exc})") from exc
+            raise
+    try:
         yield clip
     finally:
         clip.unlink(missing_ok=True)

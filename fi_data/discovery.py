@@ -17,6 +17,13 @@ three annotation pickles, and a clip's split is the split of the annotation file
 labels it. Hidden files and folders (``.name``), macOS ``__MACOSX/`` and ``._name`` entries
 are ignored.
 
+Symbolic links: a link to a folder is followed only if its target resolves inside the root
+(a link to ``/`` would otherwise walk the whole filesystem); one pointing outside is not
+followed and is reported as a problem. Links to files are read wherever they point (a
+folder of links to downloaded archives is a common layout, and a file link reads one file,
+never walks). A broken link (missing target or a loop) named like a clip, an archive or an
+annotation file is reported and skipped, whatever its kind.
+
 It runs in two passes. The first opens every archive reachable without copying anything
 and checks each encrypted member's password (and refuses AES), so a missing or wrong
 password stops the run with one error naming the archive before any long work. The
@@ -79,7 +86,8 @@ class DiscoveryResult:
         labels_without_video: clip ids labelled but with no video found (sorted).
         videos_without_labels: clip ids of videos that no annotation file labels (sorted).
         duplicates: ``(clip_id, kept source, ignored source)`` for clips found twice.
-        problems: entries that were refused or could not be read, with the reason.
+        problems: entries that were refused or could not be read (members, archives,
+            broken links, folder links leading outside ``root``), with the reason.
         split_mode, seed: how ``clips.split`` was made.
     """
 
@@ -163,28 +171,48 @@ def _ignored(name: str) -> bool:
     return "__MACOSX" in parts or parts[-1].startswith(".")
 
 
-def _walk_files(root: Path):
-    """Sorted (mp4, zip, annotation pkl) paths under root; follows symlinks once; skips hidden."""
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _walk_files(root: Path, problem):
+    """Sorted (mp4, zip, annotation pkl) paths under root; skips hidden entries.
+
+    Folder links are followed (once) only when their target resolves inside ``root``;
+    others, and broken links named like a file of interest, are passed to
+    ``problem(where, reason)`` and skipped (module docstring).
+    """
     found = {"mp4": [], "zip": [], "pkl": []}
     seen = set()
+    real_root = os.path.realpath(root)
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            link = os.path.join(folder, d)
+            target = os.path.realpath(link)
+            if os.path.islink(link) and not _inside(target, real_root):
+                problem(link, f"symbolic link to {target}, outside the dataset root {real_root}; not followed")
+            else:
+                kept.append(d)
+        dirs[:] = kept
         for f in sorted(files):
             if f.startswith("."):
                 continue
             lower = f.lower()
             path = Path(folder) / f
-            if lower.endswith(".mp4"):
-                found["mp4"].append(path)
-            elif lower.endswith(".zip"):
-                found["zip"].append(path)
-            elif split_of_annotation_file(f):
-                found["pkl"].append(path)
+            kind = "mp4" if lower.endswith(".mp4") else "zip" if lower.endswith(".zip") else \
+                "pkl" if split_of_annotation_file(f) else None
+            if kind is None:
+                continue
+            if not path.exists():  # os.walk lists a broken link (or a link loop) as a file
+                problem(path, f"broken symbolic link (to {os.readlink(path)!r}: no such file, or a loop); skipped")
+                continue
+            found[kind].append(path)
     return found
 
 
@@ -242,7 +270,7 @@ def _scan(files: dict, passwords, spooler: Spooler, out: _Collector) -> None:
     for path in files["zip"]:
         try:
             archives.append(open_archive(path))
-        except ArchiveError as exc:
+        except (ArchiveError, OSError) as exc:  # not a zip, gone, unreadable: this archive's problem
             out.problem(path, f"{exc}; skipped")
     try:
         for archive in archives:  # first pass: open what can be opened in place, check passwords
@@ -317,7 +345,7 @@ def discover(root: str | os.PathLike, passwords=None, split_mode: str = "officia
         raise NotADirectoryError(f"{root}: dataset root must be a folder")
     passwords = resolve_passwords(passwords)
     out = _Collector(release=True)
-    _scan(_walk_files(root), passwords, _spooler(tmp_dir), out)
+    _scan(_walk_files(root, out.problem), passwords, _spooler(tmp_dir), out)
 
     if not out.labels:
         raise FileNotFoundError(f"{root}: no annotation files found; expected {sorted(ANNOTATION_FILES.values())} "
@@ -356,7 +384,8 @@ def find_videos(inputs, passwords=None, *, tmp_dir: str | os.PathLike | None = N
         ``(videos, problems)``: ``videos`` is a list of ``(name, source)`` in a stable order,
         ``name`` the file name without ``.mp4`` and ``source`` an absolute path or an
         archive locator for :func:`fi_data.archives.open_clip`; ``problems`` a list of
-        ``(where, reason)`` for refused members and unreadable archives.
+        ``(where, reason)`` for refused members, unreadable archives, broken links and
+        folder links leading outside an input folder (not followed).
 
     Raises:
         FileNotFoundError: an input does not exist.
@@ -366,10 +395,11 @@ def find_videos(inputs, passwords=None, *, tmp_dir: str | os.PathLike | None = N
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     files = {"mp4": [], "zip": [], "pkl": []}
+    out = _Collector(release=False)
     for item in map(lambda p: Path(p).resolve(), inputs):
         suffix = item.suffix.lower()
         if item.is_dir():
-            for kind, paths in _walk_files(item).items():
+            for kind, paths in _walk_files(item, out.problem).items():
                 files[kind] += paths
         elif not item.exists():
             raise FileNotFoundError(f"{item}: no such file or folder")
@@ -377,6 +407,5 @@ def find_videos(inputs, passwords=None, *, tmp_dir: str | os.PathLike | None = N
             files[suffix[1:]].append(item)
         else:
             raise ValueError(f"{item}: expected an .mp4 clip, a .zip archive or a folder")
-    out = _Collector(release=False)
     _scan(files, resolve_passwords(passwords), _spooler(tmp_dir), out)
     return out.any_videos, [(p.where, p.reason) for p in out.problems]

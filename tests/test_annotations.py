@@ -1,13 +1,16 @@
 """Annotation pickles: the real files, the byte-exact writer, the restricted unpickler."""
+import io
 import os
 import pickle
 import pickletools
 import struct
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import fi_data.annotations as annotations
 from conftest import SHARED_DATA
 from fi_data.annotations import (ANNOTATION_FILES, PICKLE_KEY_ORDER, AnnotationFormatError, UnsafePickleError,
                                  annotation_pickle_bytes, clip_id_from_name, labels_to_annotation_dict,
@@ -190,3 +193,53 @@ def test_clip_names():
     assert clip_id_from_name("abcdefghij.004.mp4") is None  # 10-char id
     assert clip_id_from_name("abcdefghi k.004.mp4") is None
     assert youtube_id("_abcdefghij.003") == "_abcdefghij"
+
+
+# --- absurd sizes and file names in every error ----------------------------------------------
+
+@pytest.mark.parametrize("claim", [
+    b"X\xff\xff\xff\xff",  # BINUNICODE claiming 4 GiB
+    b"\x8d" + struct.pack("<Q", 2**40),  # BINUNICODE8 claiming 1 TiB
+    b"\x8e" + struct.pack("<Q", 2**40),  # BINBYTES8 claiming 1 TiB (the C unpickler allocates first)
+])
+def test_string_claiming_a_huge_size_fails_fast_naming_the_file(tmp_path, claim):
+    path = tmp_path / "annotation_training.pkl"
+    path.write_bytes(b"\x80\x02" + claim + b"abc")
+    start = time.perf_counter()
+    with pytest.raises(AnnotationFormatError, match=r"annotation_training\.pkl: not a readable annotation pickle") \
+            as info:
+        read_annotations(path)
+    assert time.perf_counter() - start < 1.0
+    assert isinstance(info.value, ValueError) and str(path) in str(info.value)
+    assert "only 3 remain" in str(info.value)  # the 3 bytes after the claimed length
+
+
+def test_huge_memo_index_is_refused_before_unpickling(tmp_path):
+    path = tmp_path / "annotation_test.pkl"
+    path.write_bytes(b"\x80\x02}r\xff\xff\xff\xff.")  # EMPTY_DICT, LONG_BINPUT 4294967295 (32 GiB memo), STOP
+    with pytest.raises(AnnotationFormatError, match=r"annotation_test\.pkl: .*memo index 4,294,967,295"):
+        load_annotation_pickle(path)
+
+
+def test_oversized_file_is_refused(tmp_path, monkeypatch):
+    data = annotation_pickle_bytes(labels_to_annotation_dict(labels(IDS)))
+    path = tmp_path / "annotation_training.pkl"
+    path.write_bytes(data)
+    monkeypatch.setattr(annotations, "MAX_ANNOTATION_BYTES", len(data) - 1)
+    with pytest.raises(AnnotationFormatError, match=r"annotation_training\.pkl: larger than"):
+        read_annotations(path)
+    monkeypatch.setattr(annotations, "MAX_ANNOTATION_BYTES", len(data))
+    assert read_annotations(path)["clip_id"].tolist() == sorted(IDS)
+
+
+def test_dtype_and_scalar_refusals_name_the_file(tmp_path):
+    path = tmp_path / "annotation_validation.pkl"
+    path.write_bytes(b"\x80\x02cnumpy.core.multiarray\nscalar\ncnumpy\ndtype\nU\x02O8K\x00K\x01\x87R"
+                     b"U\x08AAAAAAAA\x86R.")
+    with pytest.raises(UnsafePickleError, match=r"^" + str(path).replace(".", r"\.") + r": numpy\.dtype.*only float64"):
+        read_annotations(path)
+    path.write_bytes(b"\x80\x02cnumpy.core.multiarray\nscalar\nK\x01U\x08AAAAAAAA\x86R.")  # no dtype at all
+    with pytest.raises(UnsafePickleError, match=r"annotation_validation\.pkl: numpy scalar without a float64 dtype"):
+        read_annotations(path)
+    with pytest.raises(UnsafePickleError, match=r"^member\.pkl: numpy scalar without"):
+        load_annotation_pickle(io.BytesIO(path.read_bytes()), origin="member.pkl")

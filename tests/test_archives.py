@@ -7,6 +7,7 @@ independently of the code under test. If a system ``zip`` binary exists, one tes
 reads an archive it encrypted (skipped otherwise: no system tool is required).
 """
 import concurrent.futures
+import errno
 import functools
 import hashlib
 import io
@@ -23,8 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from fi_data.archives import (LOCATOR_SEP, PASSWORDS_ENV, ArchiveError, Passwords, PasswordError, Spooler,
-                              UnsafeMemberError, UnsupportedArchiveError, ZipCryptoKeys, check_member_name,
+import fi_data.archives as archives
+from fi_data.archives import (FREE_SPACE_MARGIN, LOCATOR_SEP, MAX_COMPRESSION_RATIO, PASSWORDS_ENV, Archive,
+                              ArchiveError, InsufficientSpaceError, MemberTooLargeError, Passwords, PasswordError,
+                              Spooler, UnsafeMemberError, UnsupportedArchiveError, ZipCryptoKeys, check_member_name,
                               clear_spools, make_locator, open_archive, open_clip, resolve_passwords, split_locator)
 
 DOS_TIME, DOS_DATE = 0x6000, 0x48C1  # 12:00:00, 2016-06-01
@@ -319,3 +322,158 @@ def test_open_clip_partial_works_in_worker_processes(tmp_path, tmp_dir):
         digests = list(pool.map(_digest_member, [opener] * len(sources), sources))
     assert digests == [hashlib.sha256(clip_bytes(n)).hexdigest() for n in names]
     assert [p for p in os.listdir(tmp_dir) if p.startswith("clip-")] == []  # temp clips deleted
+
+
+# --- size limits: zip bombs, lying headers, free space ------------------------------------------
+
+def set_declared_size(path, file_size, crc=None):
+    """Rewrite the uncompressed size (and optionally the CRC) that the local and central headers
+    of a one-member zip declare."""
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 14), (b"PK\x01\x02", 16)):  # offset of the CRC field
+        at = data.index(signature) + offset
+        if crc is not None:
+            data[at:at + 4] = struct.pack("<L", crc)
+        data[at + 8:at + 12] = struct.pack("<L", file_size)  # CRC, compressed size, uncompressed size
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture
+def opened_members(monkeypatch):
+    """Names of the members whose data stream was opened (a refusal before streaming opens none)."""
+    names = []
+    real = Archive.open_member
+    def open_member(self, info, passwords):
+        names.append(info.filename)
+        return real(self, info, passwords)
+
+    monkeypatch.setattr(Archive, "open_member", open_member)
+    return names
+
+
+def test_zip_bomb_clip_is_refused_before_any_byte_is_written(tmp_path, tmp_dir, opened_members):
+    zeros = bytes(50 * 2**20)  # 50 MiB of zeros deflate to ~50 KB: ratio ~1000
+    bomb = write_zip(tmp_path / "bomb.zip", [("abcdefghijk.000.mp4", zeros)], method=zipfile.ZIP_DEFLATED)
+    packed = zipfile.ZipFile(bomb).getinfo("abcdefghijk.000.mp4").compress_size
+    assert len(zeros) / packed > MAX_COMPRESSION_RATIO
+    with pytest.raises(MemberTooLargeError) as info:
+        with open_clip(make_locator(bomb, "abcdefghijk.000.mp4"), tmp_dir=tmp_dir):
+            pass
+    message = str(info.value)
+    assert message.startswith(f"{bomb}: refusing member 'abcdefghijk.000.mp4': it declares 52,428,800 bytes from "
+                              f"{packed:,} compressed (ratio {len(zeros) / packed:,.0f}:1")
+    assert "zip bomb" in info.value.reason
+    back = pickle.loads(pickle.dumps(info.value))
+    assert type(back) is MemberTooLargeError and (str(back), back.reason) == (message, info.value.reason)
+    assert opened_members == []  # refused from the header alone: not a byte was decompressed
+    assert os.listdir(tmp_dir) == []
+
+
+def test_member_declaring_more_than_the_limit_is_refused(tmp_path, tmp_dir, opened_members):
+    path = write_zip(tmp_path / "huge.zip", [("abcdefghijk.000.mp4", clip_bytes("huge"))])
+    set_declared_size(path, 3 * 2**30)  # a 3 GiB clip: over MAX_CLIP_BYTES (2 GiB)
+    with pytest.raises(MemberTooLargeError, match=r"huge\.zip: refusing member 'abcdefghijk\.000\.mp4': it declares "
+                                                  r"3,221,225,472 bytes \(3,072\.0 MiB\), more than the 2,048\.0 "
+                                                  r"MiB accepted for a clip"):
+        with open_clip(make_locator(path, "abcdefghijk.000.mp4"), tmp_dir=tmp_dir):
+            pass
+    assert opened_members == [] and os.listdir(tmp_dir) == []
+    small = write_zip(tmp_path / "small.zip", [("abcdefghijk.000.mp4", bytes(2**20))], method=zipfile.ZIP_DEFLATED)
+    with open_clip(make_locator(small, "abcdefghijk.000.mp4"), tmp_dir=tmp_dir) as clip:
+        assert clip.read_bytes() == bytes(2**20)  # 1 MiB of zeros: ratio ~1000 but too small to matter
+
+
+def test_header_declaring_less_than_the_data_is_refused(tmp_path, tmp_dir):
+    data = clip_bytes("liar") * 4  # 6,000 bytes; the header says 1,000
+    path = set_declared_size(write_zip(tmp_path / "liar.zip", [("abcdefghijk.000.mp4", data)]), 1000)
+    with pytest.raises(ArchiveError, match=r"liar\.zip::abcdefghijk\.000\.mp4: member is corrupt \(Bad CRC-32"):
+        with open_clip(make_locator(path, "abcdefghijk.000.mp4"), tmp_dir=tmp_dir):
+            pass
+    assert os.listdir(tmp_dir) == []
+
+
+def test_copy_stops_when_more_bytes_come_out_than_declared(tmp_path, tmp_dir, monkeypatch):
+    """zipfile itself cuts a member at its declared size; the copy does not rely on it."""
+    path = write_zip(tmp_path / "liar.zip", [("abcdefghijk.000.mp4", b"x" * 1000)])
+    given = []
+
+    class Liar(io.BytesIO):
+        def read(self, n=-1):
+            data = super().read(n)
+            given.append(len(data))
+            return data
+
+    monkeypatch.setattr(Archive, "open_member", lambda self, info, pw: Liar(b"y" * 5 * 2**20))  # 5 MiB, not 1,000
+    with pytest.raises(MemberTooLargeError, match=r"liar\.zip: refusing member 'abcdefghijk\.000\.mp4' \(a clip\): "
+                                                  r"it gives more than the 1,000 bytes its header declares"):
+        with open_clip(make_locator(path, "abcdefghijk.000.mp4"), tmp_dir=tmp_dir):
+            pass
+    assert sum(given) == 1001  # read no further than one byte past the declared size
+    assert os.listdir(tmp_dir) == []  # the partial copy is deleted
+
+    out = io.BytesIO()
+    src = io.BytesIO(b"z" * 3000)
+    assert archives._copy_member(src, out, 3000, "a clip", "a.zip", "m") == 3000 and out.getvalue() == b"z" * 3000
+    with pytest.raises(MemberTooLargeError) as info:
+        archives._copy_member(io.BytesIO(b"z" * 3001), io.BytesIO(), 3000, "a clip", "a.zip", "m")
+    assert info.value.reason == "it gives more than the 3,000 bytes its header declares (a lying header)"
+
+
+def test_inner_archive_bomb_is_not_spooled(tmp_path, tmp_dir, opened_members):
+    inner = member_bytes("training80_01.zip", [("abcdefghijk.000.mp4", bytes(20 * 2**20))])  # stored zeros
+    outer = write_zip(tmp_path / "train-1.zip", [("training80_01.zip", inner)], method=zipfile.ZIP_DEFLATED)
+    expected = (rf"train-1\.zip: refusing member 'training80_01\.zip': it declares {len(inner):,} bytes from "
+                rf"[0-9,]+ compressed \(ratio 1,0[0-9]{{2}}:1")  # ~1,020:1
+    with pytest.raises(MemberTooLargeError, match=expected):
+        with open_clip(make_locator(outer, "training80_01.zip", "abcdefghijk.000.mp4"), tmp_dir=tmp_dir):
+            pass
+    assert opened_members == [] and os.listdir(tmp_dir) == []
+
+
+def test_too_little_free_space_is_refused_naming_folder_and_sizes(tmp_path, tmp_dir, monkeypatch, opened_members):
+    outer, names = nested_release(tmp_path, inner_method=zipfile.ZIP_DEFLATED)
+    clip_loc = make_locator(tmp_path / "c.zip", names[0])
+    write_zip(tmp_path / "c.zip", [(names[0], clip_bytes(names[0]))])
+    free = 10 * 2**20
+    monkeypatch.setattr(archives, "_free_bytes", lambda folder: free)
+    needed = len(clip_bytes(names[0])) + FREE_SPACE_MARGIN
+    with pytest.raises(InsufficientSpaceError) as info:
+        with open_clip(clip_loc, tmp_dir=tmp_dir):
+            pass
+    error = info.value
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC and isinstance(error, ArchiveError)
+    assert (error.folder, error.needed, error.free) == (tmp_dir, needed, free)
+    assert str(error) == (f"{tmp_dir}: copying the clip {clip_loc} needs {needed / 2**20:,.1f} MiB free on this disk "
+                          f"(its 0.0 MiB and a 64.0 MiB margin), only 10.0 MiB are free; free space or choose "
+                          "another tmp_dir")
+    with pytest.raises(InsufficientSpaceError, match=r"copying the inner archive .*train-1\.zip::training80_01\.zip "
+                                                     r"needs 64\.0 MiB free on this disk .* only 10\.0 MiB are free"):
+        with open_clip(make_locator(outer, "training80_01.zip", names[0]), tmp_dir=tmp_dir):
+            pass
+    assert opened_members == [] and os.listdir(tmp_dir) == []
+    back = pickle.loads(pickle.dumps(error))  # crosses process boundaries intact
+    assert type(back) is InsufficientSpaceError and str(back) == str(error) and back.errno == errno.ENOSPC
+    free = needed  # exactly enough
+    with open_clip(clip_loc, tmp_dir=tmp_dir) as path:
+        assert path.read_bytes() == clip_bytes(names[0])
+
+
+def test_feature_cache_records_a_refused_member_as_one_skipped_clip(tmp_path, tmp_dir, monkeypatch):
+    """The cache's worker turns a refusal into status ``open_failed`` with the reason, and a
+    lack of space into its DiskFullError (the machine's fault: the clip is retried later)."""
+    from fi_data import cache
+
+    bomb = write_zip(tmp_path / "bomb.zip", [("abcdefghijk.000.mp4", bytes(50 * 2**20))], method=zipfile.ZIP_DEFLATED)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    job = cache._Job(cache.PreprocessParams(), parts, tmp_dir, functools.partial(open_clip, tmp_dir=tmp_dir), 30.0)
+    assert job.run("abcdefghijk.000", make_locator(bomb, "abcdefghijk.000.mp4"))[:2] == ("abcdefghijk.000",
+                                                                                         "open_failed")
+    meta = cache._read_meta(parts / "abcdefghijk.000.npz")
+    assert meta["status"] == "open_failed"
+    assert meta["detail"].startswith(f"MemberTooLargeError: {bomb}: refusing member 'abcdefghijk.000.mp4'")
+    assert os.listdir(tmp_dir) == []
+    full = InsufficientSpaceError(tmp_dir, 100 * 2**20, 2**20, "the clip x")
+    machine = cache._machine_error(full, tmp_dir, "opening clip x")
+    assert isinstance(machine, cache.DiskFullError) and "needs 100.0 MiB free" in str(machine)

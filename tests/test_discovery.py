@@ -242,6 +242,71 @@ def test_find_videos_for_prediction(tmp_path, tmp_dir):
         find_videos([folder / "annotation_training.pkl"])
 
 
+def test_zip_bomb_inner_archive_is_one_skipped_problem(tmp_path, tmp_dir):
+    labels = make_labels()
+    root = write_release(tmp_path / "r", labels)
+    inner = member_bytes("training80_09.zip", [("zzzzzzzzzzz.000.mp4", bytes(20 * 2**20))])  # stored zeros
+    write_zip(root / "train-9.zip", [("training80_09.zip", inner)], method=zipfile.ZIP_DEFLATED)  # ratio ~1000
+    result = discover(root, tmp_dir=tmp_dir)
+    assert len(result.clips) == 12 and result.videos_without_labels == []
+    [problem] = result.problems
+    assert problem.where == f"{root}/train-9.zip::training80_09.zip"
+    assert problem.reason.startswith(f"{root}/train-9.zip: refusing member 'training80_09.zip': it declares "
+                                     f"{len(inner):,} bytes from ")
+    assert problem.reason.endswith("a zip bomb or a damaged header; skipped")
+    assert not tmp_dir.exists() or os.listdir(tmp_dir) == []
+
+
+def test_symlinks_outside_the_root_are_not_followed_and_reported(tmp_path, tmp_dir):
+    labels = make_labels()
+    root = extract_release(tmp_path / "r", labels)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "zzzzzzzzzzz.000.mp4").write_bytes(b"outside the root")
+    (root / "to-outside").symlink_to(outside, target_is_directory=True)
+    (root / "to-filesystem-root").symlink_to("/", target_is_directory=True)
+    (root / "test" / "up").symlink_to(root, target_is_directory=True)  # inside (a loop): walked once
+    (root / "moved").mkdir()
+    (root / "train" / "-aaaaaaaaaa.000.mp4").rename(root / "moved" / "-aaaaaaaaaa.000.mp4")
+    (root / "train" / "linked").symlink_to(root / "moved", target_is_directory=True)  # inside: followed
+    result = discover(root, tmp_dir=tmp_dir)
+    assert len(result.clips) == 12 and result.videos_without_labels == [] and result.labels_without_video == []
+    moved = result.clips.loc[result.clips["clip_id"] == "-aaaaaaaaaa.000", "source"].item()
+    assert moved == str(root / "moved" / "-aaaaaaaaaa.000.mp4")  # found (sorted walk reaches moved/ first)
+    reasons = {p.where: p.reason for p in result.problems}
+    assert reasons == {
+        str(root / "to-filesystem-root"): f"symbolic link to /, outside the dataset root {root}; not followed",
+        str(root / "to-outside"): f"symbolic link to {outside}, outside the dataset root {root}; not followed"}
+    text = result.summary()
+    assert "problems: 2" in text and f"{root}/to-outside: symbolic link to {outside}" in text
+    videos, problems = find_videos(root / "train")
+    assert [name for name, _ in videos] == sorted(["-aaaaaaaaaa.001", "_bbbbbbbbbb.000", "ccccccccccc.003",
+                                                   "ddddddddddd.000", "eeeeeeeeeee.005"])
+    assert problems == [(str(root / "train" / "linked"),
+                         f"symbolic link to {root / 'moved'}, outside the dataset root {root / 'train'}; "
+                         "not followed")]
+
+
+def test_broken_links_of_every_kind_are_skipped_with_a_reason(tmp_path, tmp_dir):
+    labels = make_labels()
+    root = write_release(tmp_path / "r", labels)
+    (root / "gone.zip").symlink_to(tmp_path / "missing.zip")
+    (root / "zzzzzzzzzzz.000.mp4").symlink_to(tmp_path / "missing.mp4")
+    (root / "loop").mkdir()
+    (root / "loop" / "annotation_test.pkl").symlink_to("annotation_test.pkl")  # points at itself
+    result = discover(root, tmp_dir=tmp_dir)
+    assert len(result.clips) == 12 and result.videos_without_labels == []
+    reasons = {p.where: p.reason for p in result.problems}
+    assert reasons == {
+        str(root / "gone.zip"): f"broken symbolic link (to {str(tmp_path / 'missing.zip')!r}: no such file, or a "
+                                "loop); skipped",
+        str(root / "zzzzzzzzzzz.000.mp4"): f"broken symbolic link (to {str(tmp_path / 'missing.mp4')!r}: no such "
+                                           "file, or a loop); skipped",
+        str(root / "loop" / "annotation_test.pkl"): "broken symbolic link (to 'annotation_test.pkl': no such file, "
+                                                    "or a loop); skipped"}
+    assert "problems: 3" in result.summary()
+
+
 # --- dataset report ---------------------------------------------------------------------------
 
 def test_split_sizes_and_printout(capsys):
