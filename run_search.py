@@ -566,6 +566,9 @@ def cmd_retrain(args) -> int:
         if value is not None:
             changes[name] = value
     config = dataclasses.replace(config, **changes)
+    if args.ensemble_top > 1 and not source.is_dir():
+        raise ValueError(f"--ensemble-top {args.ensemble_top} needs a run folder for --from (its ranked "
+                         f"configurations); {source} is a file")
     run_dir = Path(run_dir)
     if (run_dir / "metrics.json").is_file() and not args.overwrite:
         raise ValueError(f"{run_dir} already holds a finished retraining (metrics.json); pass --overwrite to "
@@ -574,9 +577,6 @@ def cmd_retrain(args) -> int:
     print(f"[retrain] rebuilding the configuration of {origin}"
           + (f" (validation 1-MAE {best.score:.4f})" if best.score is not None else "") + f" into {run_dir}: "
           + ", ".join(f"{k}={v}" for k, v in sorted(best.values.items())), flush=True)
-    if args.ensemble_top > 1 and not source.is_dir():
-        raise ValueError(f"--ensemble-top {args.ensemble_top} needs a run folder for --from (its ranked "
-                         f"configurations); {source} is a file")
     from fi_data.locks import FolderLock
 
     with FolderLock(run_dir, "run folder"):
