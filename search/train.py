@@ -218,17 +218,22 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
     scores, predictions, intervals, shared = {}, [], {}, {}
     seed_scores, single = {}, {}
     for split in SPLITS:  # "test" last: it is opened only now, after training and saving.
-        clip_ids, y_true, y_pred = predict_split(delivered, cache, split, crop_size=hypermodel.crop_size,
+        predicted = {}  # id(model) -> its predictions: each model predicts a split once
+
+        def predict(m, split=split):
+            if id(m) not in predicted:
+                predicted[id(m)] = predict_split(m, cache, split, crop_size=hypermodel.crop_size,
                                                  batch_size=config.eval_batch_size)
+            return predicted[id(m)]
+
+        def mean_row(y_true, m):
+            return score_predictions(y_true, predict(m)[2], baseline_mean).loc["mean"].to_dict()
+
+        clip_ids, y_true, y_pred = predict(delivered)
         if len(runs) > 1:
-            seed_scores[split] = [score_predictions(y_true, predict_split(r["model"], cache, split,
-                                                                          crop_size=hypermodel.crop_size,
-                                                                          batch_size=config.eval_batch_size)[2],
-                                                    baseline_mean).loc["mean"].to_dict() for r in runs]
+            seed_scores[split] = [mean_row(y_true, r["model"]) for r in runs]
         if members:
-            single[split] = score_predictions(y_true, predict_split(model, cache, split, crop_size=hypermodel.crop_size,
-                                                                    batch_size=config.eval_batch_size)[2],
-                                              baseline_mean).loc["mean"].to_dict()
+            single[split] = mean_row(y_true, model)
         identity, shared[split] = identity_lookup_predictions(train.clip_ids, train.targets, clip_ids)
         others = {"ridge": ridge["predictions"][split], "identity": identity}
         table = score_predictions(y_true, y_pred, baseline_mean, baselines=others)
