@@ -115,6 +115,18 @@ def _machine_error(e: BaseException, folder: Path, what: str) -> DiskFullError |
     return None
 
 
+@contextlib.contextmanager
+def _machine_errors(folder: Path, what: str):
+    """Turn the machine's errors inside the block into :class:`DiskFullError`; others pass."""
+    try:
+        yield
+    except (OSError, MemoryError) as e:
+        machine = _machine_error(e, folder, what)
+        if machine is None:
+            raise
+        raise machine from e
+
+
 def _check_space(folder: Path, needed: int, what: str) -> None:
     """Raise :class:`DiskFullError` when ``folder``'s disk has less than ``needed`` bytes free."""
     free = _free_bytes(folder)
@@ -453,13 +465,8 @@ class _Job:
                 raise machine from e
             clip = _skipped("open_failed", f"{type(e).__name__}: {e}")
             self._blame_the_machine(clip_id, clip)
-        try:
+        with _machine_errors(self.parts_dir, f"writing the features of clip {clip_id}"):
             _write_part(self.parts_dir, clip_id, clip, self.params)
-        except (OSError, MemoryError) as e:
-            machine = _machine_error(e, self.parts_dir, f"writing the features of clip {clip_id}")
-            if machine is None:
-                raise
-            raise machine from e
         return clip_id, clip.status, clip.flags
 
     def _blame_the_machine(self, clip_id: str, clip: ClipFeatures) -> None:
@@ -631,13 +638,8 @@ def _finish(cache_dir: Path, table: pd.DataFrame, params: PreprocessParams, key:
         kept = rows.loc[np.array([entries[c]["status"] == "ok" for c in rows["clip_id"]], dtype=bool)]
         ids = kept["clip_id"].tolist()
         targets = kept[list(TRAITS)].to_numpy(dtype=np.float32).reshape(len(ids), len(TRAITS))
-        try:
+        with _machine_errors(cache_dir, f"assembling the {name} split"):
             _assemble_split(cache_dir, name, ids, targets, parts_dir, params, m, a_shape, f_shape)
-        except (OSError, MemoryError) as e:
-            machine = _machine_error(e, cache_dir, f"assembling the {name} split")
-            if machine is None:
-                raise
-            raise machine from e
         splits[name] = {"n": len(ids), "skipped": int(len(rows) - len(ids))}
     manifest = {
         "format_version": FORMAT_VERSION, "key": key, "params": params.to_dict(), "traits": list(TRAITS),
