@@ -25,15 +25,28 @@ Bad clips (the policy is the same in every split; each code is listed in the man
   ``no_video_stream``, ``no_decodable_frames``, ``decode_failed``, ``decode_timeout``,
   ``open_failed`` (the clip opener raised, e.g. a damaged archive member),
   ``unexpected_error``; rows of the clip table whose ``status`` is not ``ok`` keep that status.
-- kept, with ``flags``: audio problems (``no_audio_stream``, ``audio_decode_failed``,
-  ``audio_zero_length``, ``audio_shorter_than_fft_window``, ``audio_nonfinite``: all-zero
-  audio, which is the mean after standardization; ``silent_audio``: zeros of its real length;
-  see ``fi_data.audio``), ``few_decodable_frames`` (fewer than ``n_frames`` decode: indices
-  repeat evenly), ``frame_count_mismatch`` (the container's frame count was wrong; frames are
-  spaced over those that really decode), ``decode_errors`` (ffmpeg reported errors but gave
-  frames), ``odd_resolution`` (neither 16:9 nor 4:3, or lower than the frame height; resized
-  the same way, never stretched), ``mono_audio`` (information only: mono and stereo give the
-  same features for the same signal).
+- kept, with ``flags`` (each in :data:`CLIP_FLAGS`, with its one-line meaning): audio problems
+  (``no_audio_stream``, ``audio_decode_failed``, ``audio_zero_length``,
+  ``audio_shorter_than_fft_window``, ``audio_nonfinite``: all-zero audio, which is the mean
+  after standardization; ``silent_audio``: zeros of its real length; see ``fi_data.audio``),
+  ``short_clip`` (more than :data:`SHORT_CLIP_PADDED_SHARE` = 50% of the M-frame audio input
+  is padding; the share is the clip's ``audio_padded_share``; added at assembly, when M is
+  known), ``few_decodable_frames`` (fewer than ``n_frames`` decode: indices repeat evenly),
+  ``frame_count_mismatch`` (the container's frame count was wrong; frames are spaced over
+  those that really decode), ``decode_errors`` (ffmpeg reported errors decoding the clip but
+  gave frames; the timestamp complaints of our own outputs on variable-frame-rate clips do not
+  count, see ``fi_data.ffmpeg_tools.split_tool_messages``), ``rotated`` (stored turned with a
+  display rotation; decoded upright, ``source_size`` is the displayed size, ``coded_size`` the
+  stored one), ``odd_resolution`` (the displayed size is neither 16:9 nor 4:3, or lower than
+  the frame height; resized the same way, never stretched), ``mono_audio`` (information only:
+  mono and stereo give the same features for the same signal).
+
+Every message (``detail``) names the clip by its source (a path, or an archive locator such as
+``train-1.zip::training80_01.zip::<name>.mp4``), never by the temporary copy it was decoded from.
+
+Extraction of one clip (:func:`_extract`) is a short sequence of steps, each one job: probe
+(file, headers, sizes), decode (one ffmpeg pass, a second only when the container's frame
+count was wrong), frames (bars, fit), audio (features), flags.
 
 No NaN or Inf enters the cache: features are checked per clip and ``write_split`` checks
 every array again before writing.
@@ -62,15 +75,21 @@ import pandas as pd
 from fi_data import audio as audio_features
 from fi_data.cache_format import (FORMAT_VERSION, MANIFEST_NAME, FeatureCache, SplitArrays, open_cache,
                                   write_json_atomic, write_split)
-from fi_data.ffmpeg_tools import MediaError, decode_clip, ffmpeg_version, probe, require_ffmpeg
+from fi_data.ffmpeg_tools import MediaError, ProbeInfo, decode_clip, ffmpeg_version, input_url, probe, require_ffmpeg
 from fi_data.locks import FolderLock
 from fi_data.traits import SPLITS, TRAITS
-from fi_data.video import detect_bars, evenly_spaced_indices, fit_frames, is_odd_resolution, source_chain
+from fi_data.video import (CropBox, detect_bars, evenly_spaced_indices, fit_frames, is_odd_resolution,
+                           source_chain)
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 """Bumped whenever the extraction code changes its output; part of the cache key.
 
 2: black bars are removed before the resize (``fi_data.video.detect_bars``), which is OpenCV's.
+3: rotated clips are decoded at their displayed size (``source_size``; ``coded_size`` and
+``rotation`` recorded, flag ``rotated``, ``odd_resolution`` judged on the displayed size);
+``decode_errors`` only for real decode errors (not the timestamp complaints of our own outputs
+on variable-frame-rate clips); ``short_clip`` and ``audio_padded_share``; messages name the
+clip's source, not its temporary copy.
 """
 
 PARTS_DIR, TMP_DIR, ASSEMBLY_DIR = "parts", "tmp", "assembly"
@@ -219,6 +238,40 @@ class PreprocessParams:
         return cls(**d)
 
 
+SHORT_CLIP_PADDED_SHARE = 0.5
+"""A kept clip whose real audio fills less than half of the M-frame model input is flagged
+``short_clip``: ``audio_padded_share = max(0, M - T) / M`` above this value.
+
+M (the mean frame count of the training clips with usable audio) is known only when every
+clip is done, so the share and the flag are added at assembly (:func:`_finish`) and, for
+prediction, by :func:`extract_clip_features` from the cache's M. With the release's 15 s clips
+(M about 940 frames at 16 kHz, hop 256) a clip under about 7.5 s is flagged; a 2 s clip is 87%
+padding. Clips with no usable audio (``T = 0``, already flagged by their audio problem) get
+share 1.0 but no ``short_clip``. For ``mean_mfcc`` nothing is padded (the mean is over the
+clip's own frames); the share and flag still say how short the clip is against M.
+"""
+
+CLIP_FLAGS: dict[str, str] = {
+    "mono_audio": "mono audio track (information only: same features as stereo with the same signal)",
+    "rotated": "stored turned, with a display rotation: decoded upright, source_size is the displayed size",
+    "odd_resolution": "displayed size neither 16:9 nor 4:3, or lower than the frame height (fitted, never stretched)",
+    "audio_decode_failed": "the audio stream would not decode: all-zero audio (the mean), video kept",
+    "frame_count_mismatch": "the container's frame count was wrong; frames spaced over those that really decode",
+    "few_decodable_frames": "fewer frames decode than are sampled: frames repeat",
+    "decode_errors": "ffmpeg reported errors decoding the clip but gave frames (picture may be damaged)",
+    "no_audio_stream": "no audio stream: all-zero audio (the mean)",
+    "audio_zero_length": "the audio stream decodes to no samples: all-zero audio",
+    "audio_shorter_than_fft_window": "audio shorter than one FFT window: all-zero audio",
+    "audio_nonfinite": "audio with NaN/Inf samples: all-zero audio",
+    "silent_audio": "audio peak below silence_db: zeros of its real length",
+    "short_clip": f"over {SHORT_CLIP_PADDED_SHARE:.0%} of the audio input is padding (clip much shorter than "
+                  "the training mean M; see audio_padded_share)",
+}
+"""Every flag a kept clip can carry -> its meaning in one line (the legend under predict's
+table, and the module docstring's list). ``tests/test_clip_flags.py`` checks every flag the code
+can emit is here."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipFeatures:
     """The model inputs of one clip, exactly as the cache holds them.
@@ -227,12 +280,17 @@ class ClipFeatures:
         audio: float32 ``audio_shape(params, M)``, e.g. ``(24, M, 1)``; ``None`` if skipped.
         frames: uint8 ``(n_frames, frame_height, frame_width, 3)`` RGB; ``None`` if skipped.
         status: ``"ok"`` or the reason the clip cannot be used (see the module docstring).
-        flags: problems the clip was kept with.
-        detail: ffmpeg's messages or the exception text, for humans ("" if none).
-        info: ``video_frames`` (decoded), ``frame_count_hint``, ``audio_frames`` (T before
-            padding), ``source_size`` ``[w, h]`` where known, ``crop`` (the picture inside the
-            black bars, ``{"top", "bottom", "left", "right"}`` in source pixels, bottom/right
-            exclusive; the whole frame when there are none; see ``fi_data.video.detect_bars``).
+        flags: problems the clip was kept with (the keys of :data:`CLIP_FLAGS`).
+        detail: ffmpeg's messages or the exception text, for humans ("" if none). A clip is
+            named by its source (e.g. ``train-1.zip::training80_01.zip::<name>.mp4``), never by
+            the temporary copy it was decoded from.
+        info: ``source_size`` ``[w, h]`` as displayed (after rotation), ``coded_size``
+            ``[w, h]`` as stored, ``rotation`` (degrees, 0 when none), ``frame_count_hint``,
+            ``video_frames`` (decoded), ``crop`` (the picture inside the black bars,
+            ``{"top", "bottom", "left", "right"}`` in displayed source pixels, bottom/right
+            exclusive; the whole frame when there are none; see ``fi_data.video.detect_bars``),
+            ``audio_frames`` (T before padding), and once M is known ``audio_padded_share``
+            (see :data:`SHORT_CLIP_PADDED_SHARE`); each where known.
     """
 
     audio: np.ndarray | None
@@ -247,103 +305,209 @@ def _skipped(reason: str, detail: str = "", info: dict | None = None) -> ClipFea
     return ClipFeatures(None, None, reason, (), detail, info or {})
 
 
-def _extract(path: str | os.PathLike, params: PreprocessParams, *, threads: int, timeout_s: float,
-             tmp_dir: str | os.PathLike | None) -> ClipFeatures:
-    """Like :func:`extract_clip_features`, but ``audio`` holds the UNPADDED features ``(rows, T)``."""
-    path = Path(path)
+class _Skip(Exception):
+    """A step's verdict that the clip cannot be used; ``info`` adds to the clip's info."""
+
+    def __init__(self, reason: str, detail: str = "", **info):
+        super().__init__(reason)
+        self.reason, self.detail, self.info = reason, detail, info
+
+
+def _relabel(text: str, path: Path, label: str) -> str:
+    """``text`` with the decoded file's name (``file:<abs>``, the absolute or given path)
+    replaced by ``label``, the clip's source (e.g. an archive locator)."""
+    if not text:
+        return text
+    for shown in (input_url(path), str(path.absolute()), str(path) if os.sep in str(path) else None):
+        if shown and shown != label:
+            text = text.replace(shown, label)
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class _DecodedClip:
+    """What the decode step gives the later steps.
+
+    ``frames``: uint8 ``(k, h, w, 3)``, the clip's distinct sampled frames at displayed source
+    size; ``indices``: int64 ``(n_frames,)``, which of them (by position) each output frame is;
+    ``audio``: float32 PCM ``(n, channels)`` or ``None``; ``audio_error``: ffmpeg's message
+    when the audio stream failed and the video was kept, else ``None``; ``errors``: the real
+    decode errors of the counting pass ("" when clean).
+    """
+
+    n_video_frames: int
+    frames: np.ndarray
+    indices: np.ndarray
+    audio: np.ndarray | None
+    audio_error: str | None
+    errors: str
+
+
+def _probe_step(path: Path, timeout_s: float) -> ProbeInfo:
+    """The file exists, is not empty and parses: its headers (else :class:`_Skip`)."""
     if not path.is_file():
-        return _skipped("missing_file", str(path))
+        raise _Skip("missing_file", str(path))
     if path.stat().st_size == 0:
-        return _skipped("empty_file", str(path))
+        raise _Skip("empty_file", str(path))
     try:
-        info = probe(path, timeout_s)
+        return probe(path, timeout_s)
     except MediaError as e:
-        return _skipped(e.reason, e.detail)
-    clip_info = {"source_size": [info.width, info.height], "frame_count_hint": info.frame_count_hint}
-    if not info.has_video:
-        return _skipped("no_video_stream", "", clip_info)
-    flags, details = [], []
-    if info.has_audio and info.audio_channels == 1:
-        flags.append("mono_audio")
-    if is_odd_resolution(info.width, info.height, params.frame_height):
-        flags.append("odd_resolution")
-    if info.width <= 0 or info.height <= 0:
-        return _skipped("decode_failed", f"ffprobe gives no frame size ({info.width}x{info.height})", clip_info)
-    # Frames come out at source size: the bars are found and cropped before the resize.
-    decode = dict(frame_chain=source_chain(info.width, info.height, params.scale_flags),
-                  frame_size=(info.height, info.width), threads=threads,
-                  skip_loop_filter=params.skip_loop_filter, timeout_s=timeout_s, tmp_dir=tmp_dir)
-    # Pass 1 picks frames by the container's count (right for sound clips) and counts the
-    # frames that really decode; pass 2 (video only) runs only if that count differs.
-    hint = info.frame_count_hint
+        raise _Skip(e.reason, e.detail) from None
+
+
+def _source_info(media: ProbeInfo) -> dict:
+    """The clip's sizes and the container's frame count, for its info."""
+    return {"source_size": [media.display_width, media.display_height], "coded_size": [media.width, media.height],
+            "rotation": media.rotation, "frame_count_hint": media.frame_count_hint}
+
+
+def _require_video(media: ProbeInfo) -> None:
+    """:class:`_Skip` unless the clip has a video stream with a frame size."""
+    if not media.has_video:
+        raise _Skip("no_video_stream")
+    if media.width <= 0 or media.height <= 0:
+        raise _Skip("decode_failed", f"ffprobe gives no frame size ({media.width}x{media.height})")
+
+
+def _decode_step(path: Path, media: ProbeInfo, params: PreprocessParams, *, threads: int, timeout_s: float,
+                 tmp_dir) -> _DecodedClip:
+    """Decode the clip: count its frames, keep the sampled ones at displayed size, take its audio.
+
+    Pass 1 picks frames by the container's count (right for sound clips) and counts the frames
+    that really decode; pass 2 (video only) runs only if that count differs. When only the
+    audio stream is undecodable the video is kept (``audio_error`` says why).
+    """
+    width, height = media.display_width, media.display_height  # ffmpeg turns rotated clips upright
+    decode = dict(frame_chain=source_chain(width, height, params.scale_flags), frame_size=(height, width),
+                  threads=threads, skip_loop_filter=params.skip_loop_filter, timeout_s=timeout_s, tmp_dir=tmp_dir)
+    hint = media.frame_count_hint
     guess = evenly_spaced_indices(hint, params.n_frames) if hint else np.zeros(0, np.int64)
-    audio_failed = False
+    audio_error = None
     try:
-        dec = decode_clip(path, frame_indices=guess, audio_rate=params.sample_rate if info.has_audio else None,
-                          audio_channels=info.audio_channels, **decode)
+        dec = decode_clip(path, frame_indices=guess, audio_rate=params.sample_rate if media.has_audio else None,
+                          audio_channels=media.audio_channels, **decode)
     except MediaError as e:
-        if not info.has_audio or e.reason == "decode_timeout":
-            return _skipped(e.reason, e.detail, clip_info)
+        if not media.has_audio or e.reason == "decode_timeout":
+            raise _Skip(e.reason, e.detail) from None
         try:  # maybe only the audio stream is undecodable: keep the video
             dec = decode_clip(path, frame_indices=guess, audio_rate=None, **decode)
         except MediaError as e2:
-            return _skipped(e2.reason, e2.detail, clip_info)
-        audio_failed = True
-        flags.append("audio_decode_failed")
-        details.append(e.detail)
-    clip_info["video_frames"] = dec.n_video_frames
-    if dec.n_video_frames == 0:
-        return _skipped("no_decodable_frames", dec.errors, clip_info)
-    indices = evenly_spaced_indices(dec.n_video_frames, params.n_frames)
+            raise _Skip(e2.reason, e2.detail) from None
+        audio_error = e.detail
+    n = dec.n_video_frames
+    if n == 0:
+        raise _Skip("no_decodable_frames", dec.errors, video_frames=0)
+    indices = evenly_spaced_indices(n, params.n_frames)
     unique = np.unique(indices)
     frames = dec.frames
-    if hint is not None and hint != dec.n_video_frames:
-        flags.append("frame_count_mismatch")
-        details.append(f"container says {hint} frames, {dec.n_video_frames} decoded")
     if not np.array_equal(unique, np.unique(guess)) or frames.shape[0] != unique.size:
         try:
             again = decode_clip(path, frame_indices=unique, audio_rate=None, **decode)
         except MediaError as e:
-            return _skipped(e.reason, e.detail, clip_info)
-        if again.n_video_frames != dec.n_video_frames or again.frames.shape[0] != unique.size:
-            return _skipped("decode_failed", f"decoding is not repeatable: {dec.n_video_frames} then "
-                            f"{again.n_video_frames} frames", clip_info)
+            raise _Skip(e.reason, e.detail, video_frames=n) from None
+        if again.n_video_frames != n or again.frames.shape[0] != unique.size:
+            raise _Skip("decode_failed", f"decoding is not repeatable: {n} then {again.n_video_frames} frames",
+                        video_frames=n)
         frames = again.frames
-    box = detect_bars(frames)  # over the clip's distinct sampled frames, in source pixels
-    clip_info["crop"] = box.to_dict()
-    frames = fit_frames(frames, box, params.frame_height, params.frame_width, params.scale_flags)
-    frames = frames[np.searchsorted(unique, indices)]
-    if dec.n_video_frames < params.n_frames:
+    return _DecodedClip(n, frames, np.searchsorted(unique, indices), dec.audio, audio_error, dec.errors)
+
+
+def _frames_step(decoded: _DecodedClip, params: PreprocessParams) -> tuple[np.ndarray, CropBox]:
+    """The model's frames: bars found over the sampled frames and cropped, then the fit; uint8
+    ``(n_frames, frame_height, frame_width, 3)`` and the crop box in source pixels."""
+    box = detect_bars(decoded.frames)
+    frames = fit_frames(decoded.frames, box, params.frame_height, params.frame_width, params.scale_flags)
+    return np.ascontiguousarray(frames[decoded.indices]), box
+
+
+def _audio_step(decoded: _DecodedClip, params: PreprocessParams) -> tuple[np.ndarray, list[str]]:
+    """Standardized unpadded features float32 ``(rows, T)`` and the audio flags."""
+    if decoded.audio_error is not None:
+        return np.zeros((audio_features.n_feature_rows(params), 0), np.float32), []
+    return audio_features.waveform_features(decoded.audio, params)
+
+
+def _flags_step(media: ProbeInfo, decoded: _DecodedClip, audio_flags: list[str],
+                params: PreprocessParams) -> tuple[tuple, list[str]]:
+    """Every flag of a kept clip (but ``short_clip``, which needs M) and the details behind them."""
+    flags, details = [], []
+    if media.has_audio and media.audio_channels == 1:
+        flags.append("mono_audio")
+    if media.quarter_turns:
+        flags.append("rotated")
+    if is_odd_resolution(media.display_width, media.display_height, params.frame_height):
+        flags.append("odd_resolution")
+    if decoded.audio_error is not None:
+        flags.append("audio_decode_failed")
+        details.append(decoded.audio_error)
+    hint = media.frame_count_hint
+    if hint is not None and hint != decoded.n_video_frames:
+        flags.append("frame_count_mismatch")
+        details.append(f"container says {hint} frames, {decoded.n_video_frames} decoded")
+    if decoded.n_video_frames < params.n_frames:
         flags.append("few_decodable_frames")
-    if dec.errors:
+    if decoded.errors:
         flags.append("decode_errors")
-        details.append(dec.errors.splitlines()[0])
-    if audio_failed:
-        features = np.zeros((audio_features.n_feature_rows(params), 0), np.float32)
-    else:
-        features, audio_flags = audio_features.waveform_features(dec.audio, params)
-        flags += audio_flags
-    clip_info["audio_frames"] = int(features.shape[1])
-    return ClipFeatures(features, np.ascontiguousarray(frames), "ok", tuple(flags), "; ".join(details), clip_info)
+        details.append(decoded.errors.splitlines()[0])
+    return tuple(flags + list(audio_flags)), details
+
+
+def _extract(path: str | os.PathLike, params: PreprocessParams, *, threads: int, timeout_s: float,
+             tmp_dir: str | os.PathLike | None, source_label: str | None = None) -> ClipFeatures:
+    """Like :func:`extract_clip_features`, but ``audio`` holds the UNPADDED features ``(rows, T)``.
+
+    ``source_label`` (default ``str(path)``) names the clip in every message (``detail``):
+    the archive locator when ``path`` is a temporary copy.
+    """
+    path = Path(path)
+    label = str(path) if source_label is None else str(source_label)
+    info: dict = {}
+    try:
+        media = _probe_step(path, timeout_s)
+        info.update(_source_info(media))
+        _require_video(media)
+        decoded = _decode_step(path, media, params, threads=threads, timeout_s=timeout_s, tmp_dir=tmp_dir)
+        info["video_frames"] = decoded.n_video_frames
+        frames, box = _frames_step(decoded, params)
+        features, audio_flags = _audio_step(decoded, params)
+        flags, details = _flags_step(media, decoded, audio_flags, params)
+    except _Skip as skip:
+        return _skipped(skip.reason, _relabel(skip.detail, path, label), {**info, **skip.info})
+    info.update(crop=box.to_dict(), audio_frames=int(features.shape[1]))
+    return ClipFeatures(features, frames, "ok", flags, _relabel("; ".join(details), path, label), info)
+
+
+def _padding_verdict(audio_frames: int, mfcc_frames: int) -> tuple[float, bool]:
+    """``(audio_padded_share, short_clip)`` of a kept clip with T = ``audio_frames`` against M.
+
+    The share is ``max(0, M - T) / M`` rounded to 4 decimals, in [0, 1]; ``short_clip`` is
+    true when T > 0 and the share exceeds :data:`SHORT_CLIP_PADDED_SHARE`.
+    """
+    share = round(max(0, int(mfcc_frames) - int(audio_frames)) / int(mfcc_frames), 4)
+    return share, audio_frames > 0 and share > SHORT_CLIP_PADDED_SHARE
 
 
 def extract_clip_features(path: str | os.PathLike, params: PreprocessParams, mfcc_frames: int | None, *,
-                          threads: int = 0, timeout_s: float = 300.0,
-                          tmp_dir: str | os.PathLike | None = None) -> ClipFeatures:
+                          threads: int = 0, timeout_s: float = 300.0, tmp_dir: str | os.PathLike | None = None,
+                          source_label: str | None = None) -> ClipFeatures:
     """The cache's arrays for one video file (used to predict on new clips).
 
     Args:
         path: a video file (any container ffmpeg reads).
         params: the parameters the cache (and so the model) was made with, e.g.
             ``PreprocessParams.from_dict(cache.params)``.
-        mfcc_frames: the cache's M (``manifest["mfcc_frames_mean"]``); unused for mean_mfcc.
+        mfcc_frames: the cache's M (``manifest["mfcc_frames_mean"]``); unused for mean_mfcc
+            (when given there, it still decides ``short_clip``).
         threads: ffmpeg decoder threads (0 = ffmpeg's choice).
         timeout_s: limit per ffmpeg/ffprobe run, seconds.
         tmp_dir: where ffmpeg's raw outputs go briefly (default: the system's temp folder).
+        source_label: how messages name the clip (default ``str(path)``), e.g. the archive
+            locator when ``path`` is a temporary copy of a member.
 
     Returns:
-        A :class:`ClipFeatures`; ``audio`` is padded/truncated to M exactly as in the cache.
-        A clip that cannot be used has ``status`` != ``"ok"`` and ``audio``/``frames`` None.
+        A :class:`ClipFeatures`; ``audio`` is padded/truncated to M exactly as in the cache,
+        ``info["audio_padded_share"]`` and the ``short_clip`` flag as the cache's manifest has
+        them. A clip that cannot be used has ``status`` != ``"ok"`` and ``audio``/``frames`` None.
 
     Raises:
         ValueError: if ``mfcc_frames`` is missing for a representation that needs it.
@@ -352,10 +516,16 @@ def extract_clip_features(path: str | os.PathLike, params: PreprocessParams, mfc
     if params.representation != "mean_mfcc" and not mfcc_frames:
         raise ValueError(f"mfcc_frames (the cache's M) is needed for representation {params.representation!r}")
     require_ffmpeg()
-    clip = _extract(path, params, threads=threads, timeout_s=timeout_s, tmp_dir=tmp_dir)
+    clip = _extract(path, params, threads=threads, timeout_s=timeout_s, tmp_dir=tmp_dir, source_label=source_label)
     if clip.status != "ok":
         return clip
-    return dataclasses.replace(clip, audio=audio_features.model_input(clip.audio, params, mfcc_frames))
+    flags, info = clip.flags, clip.info
+    if mfcc_frames:
+        share, short = _padding_verdict(info["audio_frames"], mfcc_frames)
+        info = {**info, "audio_padded_share": share}
+        flags = (*flags, "short_clip") if short else flags
+    return dataclasses.replace(clip, audio=audio_features.model_input(clip.audio, params, mfcc_frames), flags=flags,
+                               info=info)
 
 
 # ----------------------------------------------------------------------------------------
@@ -453,9 +623,9 @@ class _Job:
             with self.open_clip(source) as path:
                 try:
                     clip = _extract(path, self.params, threads=1, timeout_s=self.timeout_s,  # parallel over clips
-                                    tmp_dir=self.tmp_dir)
+                                    tmp_dir=self.tmp_dir, source_label=source)
                 except Exception as e:  # noqa: BLE001 - a bug on one clip must not stop the job
-                    clip = _skipped("unexpected_error", f"{type(e).__name__}: {e}")
+                    clip = _skipped("unexpected_error", _relabel(f"{type(e).__name__}: {e}", Path(path), source))
                 self._blame_the_machine(clip_id, clip)  # while a spooled copy still takes its space
         except DiskFullError:
             raise
@@ -624,6 +794,12 @@ def _finish(cache_dir: Path, table: pd.DataFrame, params: PreprocessParams, key:
                 del entry["detail"]
         entries[r.clip_id] = entry
     m, m_exact = _mean_frames(entries, table)
+    for entry in entries.values():  # padding is known only now that M is
+        if entry["status"] == "ok":
+            share, short = _padding_verdict(entry.get("audio_frames", 0), m)
+            entry["audio_padded_share"] = share
+            if short:
+                entry["flags"] = [*entry["flags"], "short_clip"]
     a_shape = audio_features.audio_shape(params, m)
     f_shape = (params.n_frames, params.frame_height, params.frame_width, 3)
     n_ok = sum(e["status"] == "ok" for e in entries.values())

@@ -126,14 +126,23 @@ def fit_geometry(src_width: int, src_height: int, height: int = 140, width: int 
 
 
 def source_chain(src_width: int, src_height: int, scale_flags: str = "area") -> str:
-    """ffmpeg filters giving every kept frame as rgb24 ``src_width x src_height`` (the probed size).
+    """ffmpeg filters giving every kept frame as rgb24 ``src_width x src_height`` pixels.
 
-    For a square-pixel, unrotated clip (the whole release) the frame passes unscaled. A clip
-    whose decoded picture has another display shape (non-square pixels, or rotation metadata
-    that ffmpeg's auto-rotation applies) is scaled to the largest size of its display aspect
-    ratio that fits the probed size and centred on black; :func:`detect_bars` then finds that
-    black like any bar. The output size is therefore always the one the caller expects.
-    ``format=rgb24`` comes before ``pad`` so the black is exact (no chroma subsampling).
+    Pass the DISPLAYED size (``fi_data.ffmpeg_tools.ProbeInfo.display_width`` /
+    ``display_height``): ffmpeg's auto-rotation turns a rotated clip upright before these
+    filters, so a phone clip stored 1280x720 with a 90-degree rotation arrives 720x1280 and
+    passes unscaled. For a square-pixel clip (the whole release) the frame passes unscaled. A
+    clip with non-square pixels (or a size that disagrees with its display shape) is scaled to
+    the largest size of its display aspect ratio that fits the given size and centred on black;
+    :func:`detect_bars` then finds that black like any bar. The output size is therefore always
+    the one the caller expects. ``format=rgb24`` comes before ``pad`` so the black is exact (no
+    chroma subsampling).
+
+    Returns:
+        The filter chain (str), for ``fi_data.ffmpeg_tools.decode_clip``'s ``frame_chain``.
+
+    Raises:
+        ValueError: for a non-positive size.
     """
     w, h = int(src_width), int(src_height)
     if w <= 0 or h <= 0:
@@ -147,8 +156,9 @@ class CropBox:
     """The picture inside a clip's black bars, in source pixels: rows ``top:bottom``, columns ``left:right``.
 
     ``bottom`` and ``right`` are exclusive, so a frame without bars is ``(0, h, 0, w)``. The
-    pixels are those of the frames :func:`source_chain` gives: the source's own for a
-    square-pixel, unrotated clip (every release clip), else the probed-size box it was fitted to.
+    pixels are those of the frames :func:`source_chain` gives: the source's own (as displayed,
+    i.e. after rotation) for a square-pixel clip (every release clip), else the displayed-size
+    box it was fitted to.
     """
 
     top: int
@@ -238,7 +248,11 @@ def fit_frames(frames: np.ndarray, box: CropBox, height: int = 140, width: int =
 
 
 def is_odd_resolution(src_width: int, src_height: int, height: int = 140, tolerance: float = 0.01) -> bool:
-    """True when a source is neither 16:9 nor 4:3 (within ``tolerance``) or lower than ``height``."""
+    """True when a source is neither 16:9 nor 4:3 (within ``tolerance``) or lower than ``height``.
+
+    Pass the displayed size (after rotation): a 1280x720 clip shown turned a quarter is 720x1280,
+    9:16, and odd. Sizes are pixels; a non-positive size is odd.
+    """
     if src_width <= 0 or src_height <= 0:
         return True
     aspect = src_width / src_height
