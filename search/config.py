@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from fi_data.errors import UserError
+
 TUNERS = ("hyperband", "random", "bayesian")
 """Search algorithms: Keras Tuner's Hyperband (default), RandomSearch, BayesianOptimization."""
 
@@ -67,8 +69,10 @@ class SearchConfig:
             default), e.g. ``{"vgg_width": [8, 16]}`` to keep models small on a CPU.
         early_stopping_patience: epochs without a better validation objective before a trial,
             or the retraining, stops early.
-        retrain_epochs: epochs of the retraining (``None``: ``max_epochs``). With
-            ``train_on_train_plus_val`` the best trial's best epoch count is used when known.
+        retrain_epochs: epochs of the retraining (``None``: 3 × ``max_epochs`` with early
+            stopping, each model also stopping after half the time budget; else ``max_epochs``:
+            ``search.train.retrain_epoch_cap``). With ``train_on_train_plus_val`` the best
+            trial's best epoch count is used when known.
         train_on_train_plus_val: retrain on train + validation (no early stopping) instead of
             train with validation-based early stopping.
         overwrite: delete an existing run folder's results and start over.
@@ -145,7 +149,7 @@ class SearchConfig:
             problems += check_hyperparameter_values(self.fixed_hyperparameters, self.hyperparameter_choices,
                                                     crop_size=self.crop_size, allow_resnet=self.allow_resnet)
         if problems:
-            raise ValueError("invalid search settings: " + "; ".join(problems))
+            raise UserError("invalid search settings: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
         """The settings as a JSON-ready dict (tuples become lists)."""
@@ -163,7 +167,7 @@ class SearchConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown search settings {unknown}; known: {sorted(known)}")
+            raise UserError(f"unknown search settings {unknown}; known: {sorted(known)}")
         return cls(**d)
 
     def save(self, path: str | os.PathLike, **extra) -> None:
@@ -184,7 +188,7 @@ class SearchConfig:
             data = json.loads(path.read_text(encoding="utf-8"))
             return cls.from_dict(data["settings"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable search config.json ({e})") from e
+            raise UserError(f"{path}: not a readable search config.json ({e})") from e
 
     def search_differences(self, other: "SearchConfig") -> dict:
         """The :data:`SEARCH_DEFINING` settings that differ: ``{name: (self's, other's)}``."""

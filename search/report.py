@@ -2,7 +2,9 @@
 
 The report reads only files (``config.json``, ``metrics.json``, ``retrain_history.csv``,
 ``predictions.csv``, ``trials.csv``), so it can be regenerated at any time with
-:func:`write_report`. Plots use Matplotlib's object-oriented API (``matplotlib.figure.
+:func:`write_report`. The one file it updates is ``trials.csv``: its ``diverged`` column is
+filled in from the mean predictor's validation score in ``metrics.json``
+(``search.trials.mark_diverged``). Plots use Matplotlib's object-oriented API (``matplotlib.figure.
 Figure``), which renders with the Agg canvas without touching the global pyplot backend.
 """
 
@@ -20,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from fi_data.traits import SPLITS, TRAITS
 from fi_models.metrics import ONE_MINUS_MAE
 from search.runs import RunPaths, tensorboard_command
+from search.trials import DIVERGED_MARGIN, mark_diverged, write_trials_csv
 from search.verdict import variation_lines, verdict_lines
 
 PLOTS = {"curves": "retrain_curves.png", "baseline": "test_vs_baseline.png",
@@ -27,17 +30,58 @@ PLOTS = {"curves": "retrain_curves.png", "baseline": "test_vs_baseline.png",
 """Plot key -> file name under ``plots/``."""
 
 
-def _save(fig: Figure, path: Path) -> None:
+LOSS_NAMES = {"mae": "MAE", "mse": "MSE", "ccc_mae": "MAE + (1 - CCC)"}
+"""Loss hyperparameter value (``fi_models.losses.LOSSES``) -> its name on the loss axis."""
+
+
+def format_value(value, digits: int = 3) -> str:
+    """A hyperparameter value for a table cell.
+
+    Integers, and floats with an integral value, print as integers (``32``, not ``32.0``);
+    other floats with ``digits`` significant digits (``0.000555``, not ``0.0006``; ``0.3``,
+    not ``0.30000000000000004``); NaN / None as ``n/a``; anything else with ``str``.
+    """
+    if value is None:
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            return "n/a"
+        if float(value).is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{float(value):.{digits}g}"
+    return str(value)
+
+
+def _save(fig: Figure, path: Path) -> Figure:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    return fig
 
 
-def plot_curves(history: pd.DataFrame, path: Path, best_epoch: int | None = None) -> None:
+def plot_curves(history: pd.DataFrame, path: Path, best_epoch: int | None = None,
+                loss: str | None = None) -> Figure:
     """Training and validation loss and 1-MAE of the retrained model per epoch (1-based),
-    with the restored best epoch marked when given."""
+    with the restored best epoch marked when given.
+
+    Args:
+        history: ``retrain_history.csv`` (columns ``epoch``, ``loss``, ``one_minus_mae`` and
+            their ``val_`` twins).
+        path: the PNG to write.
+        best_epoch: the restored epoch (1-based), or None.
+        loss: the ``loss`` hyperparameter (``"mae"``, ``"mse"``, ``"ccc_mae"``), named on the
+            loss axis; None names it only "loss".
+
+    Returns:
+        The Matplotlib ``Figure`` (axes: loss, then 1-MAE).
+    """
     fig = Figure(figsize=(10, 4))
-    for ax, key, title in zip(fig.subplots(1, 2), ("loss", ONE_MINUS_MAE), ("loss", "1-MAE")):
+    loss_label = f"loss: {LOSS_NAMES.get(loss, loss)} (label units)" if loss else "loss"
+    for ax, key, title in zip(fig.subplots(1, 2), ("loss", ONE_MINUS_MAE), (loss_label, "1-MAE")):
         ax.plot(history["epoch"], history[key], marker="o", label="train")
         if "val_" + key in history:
             ax.plot(history["epoch"], history["val_" + key], marker="o", label="validation")
@@ -46,7 +90,7 @@ def plot_curves(history: pd.DataFrame, path: Path, best_epoch: int | None = None
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="epoch", ylabel=title, title=f"retraining: {title}")
         ax.legend()
-    _save(fig, path)
+    return _save(fig, path)
 
 
 def plot_test_vs_baseline(scores: dict, path: Path) -> None:
@@ -81,25 +125,59 @@ def plot_predicted_vs_true(predictions: pd.DataFrame, baseline_mean: dict, path:
     _save(fig, path)
 
 
-def plot_trial_scores(trials: pd.DataFrame, path: Path) -> None:
-    """Each trial's validation score in trial order, failed trials marked, and the running best."""
+def plot_trial_scores(trials: pd.DataFrame, path: Path, baselines: dict | None = None) -> Figure:
+    """Each trial's validation score in trial order, failed trials marked, and the running best.
+
+    Diverged trials (``trials["diverged"]`` True, see ``search.trials.mark_diverged``) are
+    kept off the y scale: they are drawn as red triangles on the bottom edge, with a note of
+    how many lie below it, so the scale shows the differences between the useful trials.
+    Failed (unscored) trials are marked with a cross on the bottom edge.
+
+    Args:
+        trials: ``trials.csv`` (columns ``trial_id``, ``score``; ``diverged`` optional).
+        path: the PNG to write.
+        baselines: name -> validation 1-MAE (e.g. ``{"mean predictor": 0.88}``), drawn as
+            horizontal lines; None or empty draws none.
+
+    Returns:
+        The Matplotlib ``Figure`` (one axes; y in validation 1-MAE).
+    """
+    baselines = {k: float(v) for k, v in (baselines or {}).items() if v is not None and np.isfinite(v)}
     fig = Figure(figsize=(9, 4))
     ax = fig.subplots()
     order = np.arange(len(trials))
     score = pd.to_numeric(trials["score"], errors="coerce").to_numpy(dtype=float)
     done = np.isfinite(score)
-    ax.plot(order[done], score[done], "o", label="trial")
+    flagged = trials["diverged"] if "diverged" in trials else pd.Series(False, index=trials.index)
+    diverged = done & flagged.map(lambda v: str(v).strip().lower() in ("true", "1")).to_numpy(dtype=bool)
+    kept = done & ~diverged
+    shown = [*score[kept], *baselines.values()]
+    if shown:
+        low, high = min(shown), max(shown)
+        pad = 0.1 * (high - low) or 0.01
+        ax.set_ylim(low - pad, high + pad)
+    bottom = ax.get_ylim()[0]
+    ax.plot(order[kept], score[kept], "o", label="trial")
     if done.any():
-        ax.step(order, pd.Series(score).cummax().to_numpy(), where="post", color="tab:green", label="best so far")
-        failed = ~done
-        if failed.any():
-            ax.plot(order[failed], np.full(failed.sum(), np.nanmin(score)), "x", color="tab:red",
-                    label="failed / not scored")
+        best = pd.Series(np.where(done, score, np.nan)).cummax().ffill().to_numpy()
+        ax.step(order, np.maximum(best, bottom), where="post", color="tab:green", label="best so far")
+    for (name, value), color in zip(baselines.items(), ("tab:gray", "tab:purple", "tab:brown")):
+        ax.axhline(value, color=color, ls="--", lw=1, label=f"{name} ({value:.4f})")
+    if diverged.any():
+        n = int(diverged.sum())
+        ax.plot(order[diverged], np.full(n, bottom), "v", color="tab:red", clip_on=False, ms=8,
+                label="diverged (score below the axis)")
+        ax.annotate(f"{n} diverged trial{'s' if n > 1 else ''} below (lowest {np.min(score[diverged]):.3f})",
+                    xy=(0.01, 0.03), xycoords="axes fraction", color="tab:red", fontsize=9)
+    failed = ~done
+    if failed.any() and done.any():
+        ax.plot(order[failed], np.full(failed.sum(), bottom), "x", color="tab:red", clip_on=False,
+                label="failed / not scored")
     if len(trials) <= 30:
         ax.set_xticks(order, trials["trial_id"].astype(str), rotation=90 if len(trials) > 12 else 0)
-    ax.set(xlabel="trial id (in order)", ylabel="validation 1-MAE", title="search: trial scores")
-    ax.legend()
-    _save(fig, path)
+    ax.set(xlabel="trial id (in order)", ylabel="validation 1-MAE (best epoch)", title="search: trial scores")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def _markdown_table(rows: list, header: list) -> str:
@@ -130,6 +208,53 @@ def _interval_section(metrics: dict) -> list:
             _markdown_table(rows, ["quantity", "metric (mean of traits)", "estimate", "low", "high"]), ""]
 
 
+def _marked_trials(path: Path, baseline_score: float | None) -> pd.DataFrame | None:
+    """``trials.csv`` with its ``diverged`` column computed against ``baseline_score``, or None.
+
+    The file is rewritten (atomically) only when that column changes; every other cell is
+    kept as written (read as text, so ids like ``0001`` stay ids).
+    """
+    if not path.is_file():
+        return None
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if baseline_score is not None and len(raw):
+        marked = mark_diverged(raw, baseline_score)
+        text = marked["diverged"].astype(object).where(marked["diverged"].notna(), "").astype(str)
+        if "diverged" not in raw or list(raw["diverged"]) != list(text):
+            write_trials_csv(marked, path)
+    return pd.read_csv(path, dtype={"trial_id": str})
+
+
+def diverged_line(trials: pd.DataFrame, baseline_score: float | None) -> str | None:
+    """The report's sentence on diverged trials (``trials["diverged"]``), or None when none diverged."""
+    if "diverged" not in trials:
+        return None
+    n = int(trials["diverged"].map(lambda v: str(v).strip().lower() in ("true", "1")).sum())
+    if not n:
+        return None
+    return (f"{n} of {len(trials)} trials diverged: their validation 1-MAE is more than {DIVERGED_MARGIN} below the "
+            f"mean predictor's ({baseline_score:.4f}); they are marked `diverged` in `trials.csv` and drawn on "
+            "the bottom edge of the trial plot.")
+
+
+def epoch_cap_line(metrics: dict) -> str | None:
+    """A warning when the retraining's best epoch is its last one at the epoch cap, or None.
+
+    The best epoch being the last of ``metrics["epochs"]`` means the model was still
+    improving on validation when it had to stop: more epochs would likely help.
+    """
+    best, trained, cap = metrics.get("best_epoch"), metrics.get("epochs_trained"), metrics.get("epochs")
+    if best and trained and best == trained and metrics.get("stopped_by_time"):
+        return (f"**The best validation epoch is the last one ({best}): the retraining was still improving when "
+                f"it reached its time limit (search.train.RETRAIN_TIME_SHARE of the time budget). Retrain with "
+                f"more epochs, e.g. `run_search.py retrain --from RUN --retrain-epochs {2 * best}`.**")
+    if not best or not cap or best != trained or trained < cap:
+        return None
+    return (f"**The best validation epoch is the last one ({best} of {cap}): the retraining was still improving "
+            f"when it reached its epoch cap. Retrain with more epochs, e.g. `--retrain-epochs {2 * cap}` "
+            "(early stopping ends it when it stops improving).**")
+
+
 def write_report(run_dir: str | os.PathLike) -> Path:
     """Write ``report.md`` and the plots of a retrained run folder.
 
@@ -145,12 +270,16 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))
     scores = metrics["scores"]
     plots = {key: paths.plots / name for key, name in PLOTS.items()}
-    plot_curves(pd.read_csv(paths.history), plots["curves"], metrics.get("best_epoch"))
+    plot_curves(pd.read_csv(paths.history), plots["curves"], metrics.get("best_epoch"),
+                (metrics.get("hyperparameters") or {}).get("loss"))
     plot_test_vs_baseline(scores["test"], plots["baseline"])
     plot_predicted_vs_true(pd.read_csv(paths.predictions), metrics["baseline_mean"], plots["scatter"])
-    trials = pd.read_csv(paths.trials_csv, dtype={"trial_id": str}) if paths.trials_csv.is_file() else None
+    validation = scores.get("validation", {}).get("mean", {})
+    references = {"mean predictor": validation.get("baseline_one_minus_mae"),
+                  "clip-statistics ridge": validation.get("ridge_one_minus_mae")}
+    trials = _marked_trials(paths.trials_csv, references["mean predictor"])
     if trials is not None and len(trials):
-        plot_trial_scores(trials, plots["trials"])
+        plot_trial_scores(trials, plots["trials"], references)
 
     test = scores["test"]["mean"]
     has_ridge = "ridge_one_minus_mae" in test
@@ -193,7 +322,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
             *(line for v in variation_lines(metrics) for line in (v, "")),
             f"![test 1-MAE against the baseline](plots/{PLOTS['baseline']})", "",
             f"![test predictions against labels](plots/{PLOTS['scatter']})", ""]
-    hp_rows = [[k, v] for k, v in metrics["hyperparameters"].items()]
+    hp_rows = [[k, format_value(v)] for k, v in metrics["hyperparameters"].items()]
     source = metrics.get("source", {})
     out += ["## Retrained model", "",
             f"Trained on {' + '.join(metrics['trained_on'])} for {metrics['epochs_trained']} of "
@@ -203,6 +332,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
                                              if metrics.get("best_epoch") == 0 else "")
             + (f" in {metrics['retrain_wall_s']:.0f} s" if metrics.get("retrain_wall_s") is not None else "") + ". "
             f"Model: `{metrics['model']}`; its input preprocessing: `{metrics['preprocessing']}`.", "",
+            *(line for line in [epoch_cap_line(metrics)] if line for line in (line, "")),
             _markdown_table(hp_rows, ["hyperparameter", "value"]), "",
             f"![retraining curves](plots/{PLOTS['curves']})", ""]
     if trials is not None and len(trials):
@@ -211,6 +341,8 @@ def write_report(run_dir: str | os.PathLike) -> Path:
                 f"{len(trials)} trials ({', '.join(f'{n} {s.lower()}' for s, n in counts.items())}); "
                 f"best validation 1-MAE {source.get('search_score') or float('nan'):.4f} "
                 f"(trial {source.get('trial_id')}). Every trial: `trials.csv`.", "",
+                *(line for line in [diverged_line(trials, references["mean predictor"])] if line
+                  for line in (line, "")),
                 f"![trial scores](plots/{PLOTS['trials']})", ""]
     out += ["## TensorBoard", "", "Per-trial scalars and the HParams tab, and the retraining run:", "",
             "```", tensorboard_command(paths.tensorboard), "```", ""]

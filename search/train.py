@@ -29,8 +29,8 @@ from search.config import SearchConfig
 from search.evaluation import cluster_bootstrap, identity_lookup_predictions
 from search.hypermodel import HYPERPARAMETERS, PersonalityHyperModel
 from search.runs import BestHyperparameters, RunPaths, cache_identity, load_best_hyperparameters
-from search.tensorboard_logs import ValidationCorrelations, hparams_callback
-from search.tuner import OBJECTIVE, make_hypermodel
+from search.tensorboard_logs import BestObjective, ValidationCorrelations, hparams_callback
+from search.tuner import OBJECTIVE, DeadlineStop, make_hypermodel
 
 BASELINE = "the TRAINING split's mean label per trait, predicted for every clip"
 
@@ -40,6 +40,32 @@ BASELINE_NAMES = {"baseline": "mean predictor", "ridge": "clip-statistics ridge"
 
 BOOTSTRAP_RESAMPLES = 1000
 """Resamples of the cluster bootstrap behind every interval in ``metrics.json``."""
+
+RETRAIN_EPOCHS_FACTOR = 3
+"""With early stopping and no explicit ``retrain_epochs``, the retraining may run up to this
+many times the search's ``max_epochs``: the search's cap is set by its time budget and
+Hyperband's brackets, and its best configuration often still improves at that epoch.
+Early stopping (``early_stopping_patience``) ends the retraining once it stops improving."""
+
+RETRAIN_TIME_SHARE = 0.5
+"""With a search time budget and no explicit ``retrain_epochs``, each retrained model also
+stops at the end of the epoch during which it passed this share of the budget, so that the
+extra epochs of :data:`RETRAIN_EPOCHS_FACTOR` cannot make the whole job much longer than the
+budget says (``stopped_by_time`` in ``metrics.json``)."""
+
+
+def retrain_epoch_cap(config: SearchConfig) -> int:
+    """The retraining's epoch cap on ``train`` with validation early stopping.
+
+    ``config.retrain_epochs`` when given; else :data:`RETRAIN_EPOCHS_FACTOR` ×
+    ``config.max_epochs`` when early stopping is on (``early_stopping_patience`` ≥ 1); else
+    (no early stopping: every epoch is trained) ``config.max_epochs``.
+    """
+    if config.retrain_epochs:
+        return int(config.retrain_epochs)
+    if config.early_stopping_patience:
+        return RETRAIN_EPOCHS_FACTOR * int(config.max_epochs)
+    return int(config.max_epochs)
 
 
 class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
@@ -157,10 +183,11 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
             with them (:func:`averaging_model`); ``scores`` are then the ensemble's and
             ``metrics["ensemble"]["best_single"]`` the single model's mean row per split.
 
-    Training: on ``train`` for ``config.retrain_epochs`` (default ``max_epochs``) epochs with
-    ``EarlyStopping`` on validation 1-MAE (patience ``early_stopping_patience``; the best
-    epoch's weights are restored, the untrained weights counting as epoch 0:
-    :class:`EarlyStoppingFromStart`); or, with ``train_on_train_plus_val``, on train +
+    Training: on ``train`` for at most :func:`retrain_epoch_cap` epochs (``retrain_epochs``;
+    by default :data:`RETRAIN_EPOCHS_FACTOR` × ``max_epochs`` with early stopping, else
+    ``max_epochs``) with ``EarlyStopping`` on validation 1-MAE (patience
+    ``early_stopping_patience``; the best epoch's weights are restored, the untrained weights
+    counting as epoch 0: :class:`EarlyStoppingFromStart`); or, with ``train_on_train_plus_val``, on train +
     validation for the best trial's best epoch count when known (else ``retrain_epochs``),
     without early stopping. The test split is opened only after training and saving.
 
@@ -259,6 +286,7 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
         "trained_on": trained_on,
         "epochs": epochs,
         "epochs_trained": len(history.epoch),
+        "stopped_by_time": run["stopped_by_time"],
         "best_epoch": stopper.best_epoch + 1 if stopper is not None else None,
         "initial_validation_score": stopper.initial_score if stopper is not None else None,
         "retrain_wall_s": round(retrain_wall_s, 1),
@@ -331,18 +359,26 @@ def _fit_one(hypermodel: PersonalityHyperModel, best: BestHyperparameters, confi
         stopper = None
     else:
         trained_on = ["train"]
-        epochs = config.retrain_epochs or config.max_epochs
+        epochs = retrain_epoch_cap(config)
         train_ds, val_ds = hypermodel.datasets(batch_size)
         callbacks.insert(0, ValidationCorrelations(val_ds))  # before TensorBoard, which then logs them
+        callbacks.insert(1, BestObjective())  # the best epoch's score, for the HParams tab
         # patience 0 (no early stopping) still restores the best epoch's weights.
         stopper = EarlyStoppingFromStart(val_ds, monitor=OBJECTIVE.name, mode="max",
                                          patience=config.early_stopping_patience or epochs)
         callbacks.append(stopper)
+    time_limit = None
+    if config.time_budget_s and not config.retrain_epochs:
+        time_limit = DeadlineStop(time.time() + RETRAIN_TIME_SHARE * config.time_budget_s)
+        callbacks.append(time_limit)
     started = time.monotonic()
     try:
         history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
                             verbose=config.verbose, shuffle=False)
     except RuntimeError as e:
         raise RuntimeError(f"retraining {resolved} failed: {e}") from e
+    stopped_by_time = bool(time_limit is not None and len(history.epoch) < epochs and time.time() >= time_limit.deadline
+                           and not (stopper is not None and stopper.stopped_epoch))
     return {"model": model, "history": history, "stopper": stopper, "resolved": resolved,
-            "trained_on": trained_on, "epochs": epochs, "wall_s": time.monotonic() - started}
+            "trained_on": trained_on, "epochs": epochs, "wall_s": time.monotonic() - started,
+            "stopped_by_time": stopped_by_time}

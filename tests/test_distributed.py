@@ -285,7 +285,7 @@ def test_chief_and_two_workers_finish_hyperband_when_one_worker_is_killed_mid_tr
     trials = pd.read_csv(paths.trials_csv, dtype={"trial_id": str, "tuner/trial_id": str})
     assert list(trials["trial_id"]) == ids
     assert list(trials["status"]) == ["COMPLETED"] * 5 and trials["score"].notna().all()
-    assert sorted(trials["epochs_trained"]) == [1, 1, 2, 2, 2]
+    assert sorted(trials["last_epoch"]) == [1, 1, 2, 2, 2]
     # Every trial ended exactly once: the killed one by the survivor, after the chief took it back.
     assert sorted(completed_lines(survivor_log) + completed_lines(victim_log)) == ids
     assert killed_trial in completed_lines(survivor_log) and killed_trial not in completed_lines(victim_log)

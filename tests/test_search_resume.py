@@ -66,7 +66,7 @@ def test_kill_9_mid_trial_then_rerun_completes_every_trial(tmp_path, capfd):
     trials = pd.read_csv(paths.trials_csv, dtype={"trial_id": str, "tuner/trial_id": str})
     assert list(trials["trial_id"]) == ["0000", "0001", "0002", "0003", "0004"]
     assert list(trials["status"]) == ["COMPLETED"] * 5 and trials["score"].notna().all()
-    assert list(trials["epochs_trained"]) == [1, 1, 2, 2, 2]
+    assert list(trials["last_epoch"]) == [1, 1, 2, 2, 2]
     by_id = trials.set_index("trial_id")
     continued, parent = by_id.loc["0002"], by_id.loc[by_id.loc["0002", "tuner/trial_id"]]
     assert continued["tuner/initial_epoch"] == 1 and continued["learning_rate"] == parent["learning_rate"]
