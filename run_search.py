@@ -143,7 +143,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-frames", type=_positive_int, default=6, help="video frames per clip (default: 6)")
 
 
-def _add_search_args(p: argparse.ArgumentParser) -> None:
+def _add_search_args(p: argparse.ArgumentParser, retrain: bool = True) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--tuner", default="hyperband", choices=("hyperband", "random", "bayesian"),
                    help="Keras Tuner algorithm (default: hyperband)")
@@ -214,7 +214,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    help="train each trial with TensorFlow's default strategy (one device) or "
                         "tf.distribute.MirroredStrategy over every GPU of this machine; the batch size is then "
                         "the global batch (default: default)")
-    _add_retrain_args(p)
+    if retrain:
+        _add_retrain_args(p)
     g = p.add_argument_group("run folder")
     g.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR,
                    help=f"where run folders go (default: {DEFAULT_RUNS_DIR.name}/)")
@@ -226,13 +227,15 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    help="search on in a FINISHED run (retrained and reported) with a new time budget, then "
                         "retrain again; without it, rerunning a finished run only prints its summary")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
-                   help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch (default: 1)")
+                   help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch and TensorFlow's "
+                        "start-up lines (default: 1)")
 
 
 def _add_retrain_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("retraining the best configuration")
     g.add_argument("--retrain-epochs", type=_positive_int, default=None,
-                   help="epochs of the retraining (default: --max-epochs), with early stopping on validation")
+                   help="epochs of the retraining, with early stopping on validation (default: 3 x --max-epochs, "
+                        "each model stopping after half the time budget when there is one)")
     g.add_argument("--train-on-train-val", action="store_true",
                    help="retrain on train + validation (no early stopping; the best trial's epoch count)")
     g.add_argument("--retrain-seeds", type=_positive_int, default=1, metavar="K",
@@ -267,12 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="prepare (cached) and run the search only, without retraining")
     _add_data_args(p)
-    _add_search_args(p)
+    _add_search_args(p, retrain=False)
 
     p = sub.add_parser("retrain", help="retrain, score and report from saved hyperparameters, without searching",
                        description="Rebuild a configuration from a run folder (its best_hyperparameters.json and "
                                    "settings) or a JSON file of hyperparameters, retrain it, score every split "
-                                   "and write the report into a run folder.")
+                                   "and write the report into a run folder. From a run folder, the run's feature "
+                                   "cache is reused as it is (no discovery or preprocessing) unless --data-dir is "
+                                   "given; from a JSON file, the dataset flags below say what to prepare (default: "
+                                   "the demo).")
     p.add_argument("--from", dest="source", type=Path, required=True, metavar="RUN_OR_JSON",
                    help="a run folder or a JSON file of hyperparameter values")
     p.add_argument("--run-dir", type=Path, default=None,
@@ -282,8 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished retraining in the output folder (default: refuse)")
     p.add_argument("--max-epochs", type=_positive_int, default=None,
-                   help="epochs of the retraining when --retrain-epochs is not given (default: the run's)")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras training output")
+                   help="the search's max_epochs, whose multiple caps the retraining when --retrain-epochs is not "
+                        "given (default: the run's)")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                   help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch and TensorFlow's "
+                        "start-up lines (default: 1)")
     _add_retrain_args(p)
     _add_data_args(p)
 
@@ -294,10 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", type=Path, help=".mp4 files, folders of them, or zip archives")
     p.add_argument("--run", type=Path, required=True, help="a finished run folder (holding best_model.keras)")
     p.add_argument("--out", type=Path, default=None,
-                   help="output prefix for <out>.csv and <out>.json (default: <run>/predictions_new)")
-    p.add_argument("--passwords", default=None, metavar="SPEC", help="passwords of encrypted archives (as above)")
-    p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE", help="passwords file (as above)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="clips per prediction batch")
+                   help="output prefix for <out>.csv and <out>.json (default: <run>/predictions/<date-time>, "
+                        "so earlier predictions are kept)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out (default: refuse)")
+    p.add_argument("--passwords", default=None, metavar="SPEC",
+                   help="passwords of encrypted archives: 'PW' for all, or 'ARCHIVE=PW,ARCHIVE=PW' (names may be "
+                        "globs); also read from FI_PASSWORDS")
+    p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE",
+                   help="file with one 'ARCHIVE=PW' per line ('*=PW' for all); '#' starts a comment")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="clips per prediction batch (default: 16)")
 
     p = sub.add_parser("baselines", help="the mean and identity-lookup baselines per split, from labels alone",
                        description="Read the annotation pickles (or their archives; no videos needed) and print, "
@@ -309,8 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="official", choices=("official", "speaker-disjoint"),
                    help="official split (default) or the speaker-disjoint re-split (seeded by --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the speaker-disjoint split (default 0)")
-    p.add_argument("--passwords", default=None, metavar="SPEC", help="passwords of encrypted archives (as above)")
-    p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE", help="passwords file (as above)")
+    p.add_argument("--passwords", default=None, metavar="SPEC",
+                   help="passwords of encrypted archives: 'PW' for all, or 'ARCHIVE=PW,ARCHIVE=PW' (names may be "
+                        "globs); also read from FI_PASSWORDS")
+    p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE",
+                   help="file with one 'ARCHIVE=PW' per line ('*=PW' for all); '#' starts a comment")
 
     p = sub.add_parser("compare", help="compare finished runs: one row each, printed and written as markdown + CSV",
                        description="One row per finished run folder: dataset (cache key), clips per split, the "
@@ -320,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="finished run folders")
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS_DIR / "comparison",
                    help="output prefix: <out>.md and <out>.csv (default: tuner_runs/comparison)")
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true",
+                             help="show the traceback of every error (default: errors of input, settings, disk "
+                                  "or a stopped process print one line; bugs always show their traceback)")
     return parser
 
 
@@ -340,16 +361,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------
 # Orchestration (imports of the toolkit happen inside, after argument parsing)
 
-def _user_errors() -> tuple:
-    """Exception types that mean bad input or settings: printed as one line, exit status 2."""
+def expected_errors() -> tuple:
+    """Exception types whose message says all a user needs (bad input or settings, a busy or
+    full disk, a stopped child process): printed as one line, exit status 2. Anything else is a
+    bug of the toolkit and keeps its traceback; ``--debug`` shows the traceback of these too."""
     import pickle
 
+    from fi_data.annotations import AnnotationFormatError
     from fi_data.archives import ArchiveError
+    from fi_data.cache import DiskFullError
+    from fi_data.errors import StoppedError, UserError
     from fi_data.ffmpeg_tools import FFmpegNotFoundError
     from fi_data.locks import FolderInUseError
     from search.tuner import SearchFailedError
-    return (ArchiveError, FFmpegNotFoundError, FolderInUseError, SearchFailedError, OSError, ValueError,
-            pickle.UnpicklingError)
+    return (UserError, StoppedError, ArchiveError, AnnotationFormatError, pickle.UnpicklingError, DiskFullError,
+            FFmpegNotFoundError, FolderInUseError, SearchFailedError, FileNotFoundError, PermissionError,
+            NotADirectoryError, IsADirectoryError)
+
+
+def _user_error(message: str) -> Exception:
+    """``fi_data.errors.UserError(message)``, imported when needed (``--help`` imports nothing)."""
+    from fi_data.errors import UserError
+    return UserError(message)
 
 
 def _passwords(args):
@@ -363,7 +396,7 @@ def _demo_sizes(text: str) -> tuple[int, int, int]:
     except ValueError:
         sizes = ()
     if len(sizes) != 3 or min(sizes) < 1:
-        raise ValueError(f"--demo-clips: expected three positive integers TRAIN,VAL,TEST, got {text!r}")
+        raise _user_error(f"--demo-clips: expected three positive integers TRAIN,VAL,TEST, got {text!r}")
     return sizes
 
 
@@ -375,12 +408,12 @@ def prepare(args, plots_dir: Path | None = None):
     """
     import functools
 
-    from fi_data.archives import open_clip
-    from fi_data.cache import PreprocessParams, build_cache
+    from fi_data.archives import open_clip, remove_stale_temporaries
+    from fi_data.cache import build_cache
     from fi_data.cache_format import open_cache
     from fi_data.dataset_report import plot_trait_distributions
     from fi_data.discovery import discover
-    from fi_data.sample_plots import plot_samples
+    from fi_data.sample_plots import plot_samples, used_clips
 
     if args.data_dir is None:
         from fi_data.demo import demo_dataset
@@ -392,21 +425,42 @@ def prepare(args, plots_dir: Path | None = None):
         print(f"[data] demo dataset: {data_dir}")
     else:
         data_dir = args.data_dir
+    if plots_dir is not None:  # a run folder's plots: record the data in the run folder
+        from search.runs import save_data_origin
+        Path(plots_dir).parent.mkdir(parents=True, exist_ok=True)
+        save_data_origin(Path(plots_dir).parent, data_dir, demo=args.data_dir is None)
     passwords = _passwords(args)
     tmp_dir = args.cache_dir / "tmp"
+    remove_stale_temporaries(tmp_dir)  # left by a killed job
     discovery = discover(data_dir, passwords, split_mode=args.split, seed=args.seed or 0, tmp_dir=tmp_dir)
     print(discovery.summary())
-    params = PreprocessParams(sample_rate=args.sample_rate, representation=args.representation,
-                              n_mfcc=args.n_mfcc, n_mels=args.n_mels, n_fft=args.n_fft,
-                              hop_length=args.hop_length, n_frames=args.n_frames)
+    params = preprocess_params(args)
     opener = functools.partial(open_clip, passwords=passwords, tmp_dir=tmp_dir)
     cache = open_cache(build_cache(discovery.clips, args.cache_dir, params, open_clip=opener, workers=args.workers))
+    remove_stale_temporaries(tmp_dir)  # the spools of the finished preprocessing workers
     plots_dir = Path(plots_dir) if plots_dir is not None else cache.path / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
-    plot_trait_distributions(discovery.clips, plots_dir / "trait_distributions.png")
+    plot_trait_distributions(used_clips(discovery.clips, cache), plots_dir / "trait_distributions.png")
     plot_samples(cache, plots_dir / "samples.png")
     print(f"[data] plots: {plots_dir / 'trait_distributions.png'}, {plots_dir / 'samples.png'}")
     return cache, discovery
+
+
+def preprocess_params(args):
+    """The ``fi_data.cache.PreprocessParams`` of parsed data arguments.
+
+    Raises:
+        fi_data.errors.UserError: for settings ``PreprocessParams`` refuses.
+    """
+    from fi_data.cache import PreprocessParams
+    from fi_data.errors import UserError
+
+    try:
+        return PreprocessParams(sample_rate=args.sample_rate, representation=args.representation,
+                                n_mfcc=args.n_mfcc, n_mels=args.n_mels, n_fft=args.n_fft,
+                                hop_length=args.hop_length, n_frames=args.n_frames)
+    except ValueError as e:
+        raise UserError(f"preprocessing settings: {e}") from e
 
 
 def search_config(args):
@@ -419,6 +473,10 @@ def search_config(args):
     choices = dict(DEMO_CHOICES) if args.data_dir is None else {}
     choices = {k: v for k, v in choices.items() if k not in dict(args.fix)}
     choices.update(dict(args.choices))
+    frames = preprocess_params(args)  # the cached frame size bounds the crop
+    if args.crop_size > min(frames.frame_height, frames.frame_width):
+        raise _user_error(f"--crop-size {args.crop_size}: larger than the cached frames "
+                          f"({frames.frame_height}x{frames.frame_width} pixels); use at most {frames.frame_height}")
     return SearchConfig(
         tuner=args.tuner, max_epochs=args.max_epochs or defaults["max_epochs"], factor=args.factor,
         plan_epochs=args.max_epochs is None,
@@ -427,8 +485,8 @@ def search_config(args):
         batch_sizes=tuple(batch_sizes), crop_size=args.crop_size, augment=not args.no_augment,
         audio_masking=args.audio_masking, allow_resnet=args.allow_resnet, fixed_hyperparameters=dict(args.fix),
         hyperparameter_choices=choices,
-        early_stopping_patience=args.patience, retrain_epochs=args.retrain_epochs,
-        train_on_train_plus_val=args.train_on_train_val, overwrite=args.overwrite,
+        early_stopping_patience=args.patience, retrain_epochs=getattr(args, "retrain_epochs", None),
+        train_on_train_plus_val=getattr(args, "train_on_train_val", False), overwrite=args.overwrite,
         max_consecutive_failures=args.max_consecutive_failures,
         trials_per_process=args.trials_per_process or None, strategy=args.strategy,
         worker_timeout_s=args.worker_timeout, verbose=args.verbose)
@@ -449,7 +507,7 @@ def distributed_role(args):
 
     if args.role is None:
         if args.oracle_address or args.worker_id:
-            raise ValueError("--oracle-address and --worker-id need --role chief or --role worker")
+            raise _user_error("--oracle-address and --worker-id need --role chief or --role worker")
         return Role.current()
     worker_id = args.worker_id or (default_worker_id() if args.role == "worker" else None)
     role = Role(args.role, args.oracle_address, worker_id)
@@ -544,7 +602,7 @@ def cmd_retrain(args) -> int:
 
     from search.config import SearchConfig
     from search.report import write_report
-    from search.runs import load_best_hyperparameters, load_run
+    from search.runs import load_best_hyperparameters, load_data_origin, load_run, save_data_origin
     from search.summary import format_summary
     from search.train import retrain_and_evaluate
 
@@ -552,7 +610,7 @@ def cmd_retrain(args) -> int:
     if source.is_dir():
         saved = load_run(source)
         if saved.best is None:
-            raise ValueError(f"{source}: this run has no best_hyperparameters.json yet (no trial finished)")
+            raise _user_error(f"{source}: this run has no best_hyperparameters.json yet (no trial finished)")
         config, best = saved.config, saved.best
         run_dir = args.run_dir or source.parent / f"{source.name}-retrain"
         cached = Path(saved.cache.get("path", ""))
@@ -567,11 +625,11 @@ def cmd_retrain(args) -> int:
             changes[name] = value
     config = dataclasses.replace(config, **changes)
     if args.ensemble_top > 1 and not source.is_dir():
-        raise ValueError(f"--ensemble-top {args.ensemble_top} needs a run folder for --from (its ranked "
+        raise _user_error(f"--ensemble-top {args.ensemble_top} needs a run folder for --from (its ranked "
                          f"configurations); {source} is a file")
     run_dir = Path(run_dir)
     if (run_dir / "metrics.json").is_file() and not args.overwrite:
-        raise ValueError(f"{run_dir} already holds a finished retraining (metrics.json); pass --overwrite to "
+        raise _user_error(f"{run_dir} already holds a finished retraining (metrics.json); pass --overwrite to "
                          "replace it, or --run-dir for another folder")
     origin = f"trial {best.trial_id} of {source}" if best.trial_id is not None else str(source)
     print(f"[retrain] rebuilding the configuration of {origin}"
@@ -584,6 +642,9 @@ def cmd_retrain(args) -> int:
             from fi_data.cache_format import open_cache
             cache = open_cache(cached)  # the cache the run searched on
             print(f"[data] feature cache of the run: {cache.path}")
+            origin = load_data_origin(source)
+            if origin is not None:
+                save_data_origin(run_dir, origin["data_dir"], demo=origin["demo"])
         else:
             cache, _ = prepare(args, plots_dir=Path(run_dir) / "plots")
         metrics = retrain_and_evaluate(cache, run_dir, best, config,
@@ -613,14 +674,27 @@ def _make_run_folder(run_dir: Path, source: Path, config, best, cache) -> None:
 
 
 def cmd_predict(args) -> int:
-    from search.predict import predict_clips, write_predictions
+    import time
 
+    from search.predict import flag_legend, predict_clips, write_predictions
+    from search.runs import load_data_origin
+
+    out = args.out or Path(args.run) / "predictions" / time.strftime("%Y%m%d-%H%M%S")
+    taken = [p for p in (Path(f"{out}.csv"), Path(f"{out}.json")) if p.exists()]
+    if taken and not args.overwrite:
+        raise _user_error(f"--out {out}: {taken[0]} exists; pass --overwrite to replace it, or another --out")
     table = predict_clips(args.run, args.inputs, passwords=_passwords(args), batch_size=args.batch_size)
-    out = args.out or Path(args.run) / "predictions_new"
     csv_path, json_path = write_predictions(table, out)
     with_scores = table[table["status"] == "ok"]
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    legend = flag_legend(table)
+    if legend:
+        print("\nflags: " + "; ".join(f"{flag}: {meaning}" for flag, meaning in legend.items()))
     print(f"\n{len(with_scores)} of {len(table)} clips scored; written {csv_path} and {json_path}")
+    origin = load_data_origin(args.run)
+    if origin is not None and origin["demo"]:
+        print(f"WARNING: {args.run} was trained on the generated demo dataset ({origin['data_dir']}): its scores "
+              "of real clips mean nothing. Train on real data with run_search.py run --data-dir DIR.")
     return 0 if len(with_scores) else 1
 
 
@@ -631,7 +705,7 @@ def cmd_baselines(args) -> int:
 
     found = discover(args.data_dir, _passwords(args), tmp_dir=DEFAULT_CACHE_DIR / "tmp", require_videos=False)
     if found.labels.empty:
-        raise ValueError(f"{args.data_dir}: no annotation file found (annotation_training.pkl, ... or their zips)")
+        raise _user_error(f"{args.data_dir}: no annotation file found (annotation_training.pkl, ... or their zips)")
     labels = apply_split(found.labels, args.split, seed=args.seed) if args.split != "official" else found.labels
     table = annotation_baselines(labels)
     table.columns = ["clips", "mean predictor 1-MAE", "identity lookup 1-MAE", "share of ids in train"]
@@ -660,13 +734,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT))
-    errors = _user_errors()
+    if getattr(args, "verbose", 1) != 2:  # --verbose 2 shows TensorFlow's start-up lines
+        from search.quiet_tf import import_tensorflow_quietly
+        import_tensorflow_quietly()
+    errors = expected_errors()
     try:
         return HANDLERS[args.command](args)
     except KeyboardInterrupt:
         print("\nInterrupted. Finished work is kept: rerun the same command to continue.", file=sys.stderr)
         return 130
     except errors as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
 

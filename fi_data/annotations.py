@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fi_data.errors import UserError
 from fi_data.traits import INTERVIEW, SPLITS, TRAITS
 
 _O, _C, _E, _A, _N = TRAITS
@@ -211,7 +212,7 @@ def annotations_to_frame(data: dict, split: str, origin: str) -> pd.DataFrame:
         AnnotationFormatError: naming ``origin`` and the first offending names or values.
     """
     if split not in SPLITS:
-        raise ValueError(f"{origin}: unknown split {split!r}; expected one of {SPLITS}")
+        raise UserError(f"{origin}: unknown split {split!r}; expected one of {SPLITS}")
     if not isinstance(data, dict):
         raise AnnotationFormatError(f"{origin}: expected a dict of label dicts, found {type(data).__name__}")
     expected = set(TRAITS) | {INTERVIEW}
@@ -277,7 +278,7 @@ def read_annotations(file, split: str | None = None, *, origin: str | None = Non
     origin = origin or (str(file) if isinstance(file, (str, os.PathLike)) else getattr(file, "name", "<annotations>"))
     split = split or split_of_annotation_file(origin)
     if split is None:
-        raise ValueError(f"{origin}: cannot tell the split from the name; expected one of "
+        raise UserError(f"{origin}: cannot tell the split from the name; expected one of "
                          f"{sorted(ANNOTATION_FILES.values())} or an explicit split")
     return annotations_to_frame(load_annotation_pickle(file, origin), split, origin)
 

@@ -70,6 +70,8 @@ import zlib
 from collections import OrderedDict
 from pathlib import Path
 
+from fi_data.errors import UserError
+
 log = logging.getLogger(__name__)
 
 LOCATOR_SEP = "::"
@@ -204,7 +206,7 @@ class Passwords:
             if "=" in item:
                 name, pw = item.split("=", 1)
                 if not name.strip():
-                    raise ValueError(f"{origin}: item {item!r} has no archive name before '='")
+                    raise UserError(f"{origin}: item {item!r} has no archive name before '='")
                 by_name[name.strip()] = pw
             else:
                 default = item
@@ -231,7 +233,7 @@ class Passwords:
                     continue
                 name, pw = line.split("=", 1)
                 if not name.strip():
-                    raise ValueError(f"{path}:{lineno}: no archive name before '='")
+                    raise UserError(f"{path}:{lineno}: no archive name before '='")
                 by_name[name.strip()] = pw
         return cls(by_name, default)
 
@@ -682,7 +684,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_SPOOL_RE = re.compile(r"^spool-(\d+)-")
+_TEMPORARY_RE = re.compile(r"^[a-z]+-(\d+)-")
+"""Names of this toolkit's temporary files and folders in a ``tmp_dir``: ``<kind>-<pid>-...``
+(``spool-`` inner archives, ``clip-`` clips, ``decode-`` ffmpeg scratch)."""
 
 
 class Spooler:
@@ -724,7 +728,7 @@ class Spooler:
                 return entry[0], lambda: self._release(key)
         check_member_size(info, parent.locator, MAX_INNER_ARCHIVE_BYTES, "an inner archive")
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_spools(self.tmp_dir)
+        remove_stale_temporaries(self.tmp_dir)
         check_free_space(self.tmp_dir, info.file_size, f"the inner archive {locator}")
         fd, name = tempfile.mkstemp(prefix=f"spool-{os.getpid()}-", suffix=".zip", dir=self.tmp_dir)
         log.info("copying %s (%.1f MB) to a temporary file to read it%s", locator, info.file_size / 1e6,
@@ -769,12 +773,26 @@ class Spooler:
                     del self._cache[key]
 
 
-def _remove_stale_spools(tmp_dir: Path) -> None:
-    """Delete spool files left by processes that no longer run (killed workers)."""
-    for p in tmp_dir.glob("spool-*.zip"):
-        m = _SPOOL_RE.match(p.name)
+def remove_stale_temporaries(tmp_dir: str | os.PathLike) -> int:
+    """Delete the temporary files and folders in ``tmp_dir`` (named ``<kind>-<pid>-...``) of
+    processes that no longer run: killed jobs, and preprocessing workers, which exit without
+    running ``atexit`` handlers. Files of running processes are left alone.
+
+    Returns:
+        The number of entries deleted (0 when ``tmp_dir`` does not exist).
+    """
+    tmp_dir, removed = Path(tmp_dir), 0
+    if not tmp_dir.is_dir():
+        return 0
+    for p in tmp_dir.iterdir():
+        m = _TEMPORARY_RE.match(p.name)
         if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            p.unlink(missing_ok=True)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 _SPOOLERS: dict[Path, Spooler] = {}
@@ -844,7 +862,7 @@ def open_clip(source: str | os.PathLike, passwords=None, tmp_dir: str | os.PathL
         info = archive.info(members[-1])
         check_member_size(info, archive.locator, MAX_CLIP_BYTES, "a clip")  # before any byte is written
         check_free_space(tmp, info.file_size, f"the clip {source}")
-        fd, name = tempfile.mkstemp(prefix="clip-", suffix=".mp4", dir=tmp)
+        fd, name = tempfile.mkstemp(prefix=f"clip-{os.getpid()}-", suffix=".mp4", dir=tmp)
         clip = Path(name)
         try:
             with os.fdopen(fd, "wb") as out, archive.open_member(info, passwords) as src:

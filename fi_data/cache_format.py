@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fi_data.errors import UserError
 from fi_data.traits import SPLITS, TRAITS
 
 FORMAT_VERSION = 1
@@ -132,10 +133,10 @@ class FeatureCache:
             self.manifest = json.load(f)
         version = self.manifest.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(f"{manifest_path}: cache format_version {version!r}, this toolkit reads {FORMAT_VERSION}")
+            raise UserError(f"{manifest_path}: cache format_version {version!r}, this toolkit reads {FORMAT_VERSION}")
         traits = tuple(self.manifest.get("traits", ()))
         if traits != TRAITS:
-            raise ValueError(f"{manifest_path}: traits {traits} differ from TRAITS {TRAITS}")
+            raise UserError(f"{manifest_path}: traits {traits} differ from TRAITS {TRAITS}")
         self._splits: dict[str, SplitArrays] = {}
 
     @property

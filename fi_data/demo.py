@@ -78,7 +78,9 @@ import numpy as np
 import pandas as pd
 
 from fi_data.annotations import ANNOTATION_FILES, write_annotation_pickle
+from fi_data.errors import UserError
 from fi_data.ffmpeg_tools import require_ffmpeg
+from fi_data.locks import FolderLock
 from fi_data.traits import INTERVIEW, SPLITS, TRAITS
 
 DEMO_VERSION = 1
@@ -168,15 +170,15 @@ class DemoParams:
     def __post_init__(self):
         sizes = (self.n_train, self.n_val, self.n_test)
         if min(sizes) < 1:
-            raise ValueError(f"demo split sizes must be >= 1, got {sizes}")
+            raise UserError(f"demo split sizes must be >= 1, got {sizes}")
         if self.width % 2 or self.height % 2 or self.height < 16 or self.width < self.height:
-            raise ValueError(f"demo frames must be even-sized and landscape, got {self.width}x{self.height}")
+            raise UserError(f"demo frames must be even-sized and landscape, got {self.width}x{self.height}")
         if (self.height * 4 // 3) % 2:
-            raise ValueError(f"height {self.height}: the 4:3 width height*4/3 must be an even integer")
+            raise UserError(f"height {self.height}: the 4:3 width height*4/3 must be an even integer")
         if not 1.0 <= self.duration_s <= 60.0:
-            raise ValueError(f"duration_s must be in [1, 60] seconds, got {self.duration_s}")
+            raise UserError(f"duration_s must be in [1, 60] seconds, got {self.duration_s}")
         if self.cue_noise < 0 or not 0 <= self.share_4_3 <= 1 or self.clips_per_inner < 1 or self.inner_per_outer < 1:
-            raise ValueError(f"invalid demo parameters {self}")
+            raise UserError(f"invalid demo parameters {self}")
 
     def key(self) -> str:
         """Short hash of the parameters and :data:`DEMO_VERSION` (cache folder name)."""
@@ -509,7 +511,7 @@ def generate_demo(out_dir: str | os.PathLike, *, n_train: int = 240, n_val: int 
     require_ffmpeg()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out}: demo output folder is not empty")
+        raise UserError(f"{out}: demo output folder is not empty")
     out.mkdir(parents=True, exist_ok=True)
     plan = demo_plan(params)
     bar = None
@@ -547,6 +549,10 @@ def demo_dataset(root: str | os.PathLike | None = None, *, progress: bool = True
 
     Returns:
         ``<root>/<DemoParams.key()>``, a complete dataset folder (``demo.json`` marks it).
+
+    One process generates at a time (``fi_data.locks.FolderLock`` on ``root``; a second one
+    waits, then finds the dataset made). Holding the lock, staging folders ``*.tmp-*`` left by
+    an interrupted generation are deleted: no other process can be writing them.
     """
     key = resolve_variant(DemoParams(**params)).key()
     root = Path(root) if root is not None else DEFAULT_DEMO_ROOT
@@ -554,18 +560,23 @@ def demo_dataset(root: str | os.PathLike | None = None, *, progress: bool = True
     if (final / "demo.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
-    try:
-        generate_demo(staging, progress=progress, workers=workers, **params)
+    with FolderLock(root, "demo dataset folder", wait=True):
+        for stale in root.glob(f"*{STAGING_MARK}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if (final / "demo.json").is_file():  # made by the process we waited for
+            return final
+        staging = Path(tempfile.mkdtemp(prefix=f"{key}{STAGING_MARK}", dir=root))
         try:
+            generate_demo(staging, progress=progress, workers=workers, **params)
             os.replace(staging, final)
-        except OSError:  # another process finished first
-            if not (final / "demo.json").is_file():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+STAGING_MARK = ".tmp-"
+"""Part of the name of a demo being generated (``<key>.tmp-<random>``), before its rename."""
 
 
 def _conditional_mean(cue_values: np.ndarray, cues: tuple[Cue, ...], cue_noise: float) -> np.ndarray:

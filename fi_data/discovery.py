@@ -52,6 +52,7 @@ from fi_data.annotations import (ANNOTATION_FILES, LABEL_COLUMNS, AnnotationForm
 from fi_data.archives import (DEFAULT_TMP_DIR, MAX_ARCHIVE_DEPTH, Archive, ArchiveError, PasswordError,
                               Spooler, UnsafeMemberError, UnsupportedArchiveError, check_member_name, make_locator,
                               open_archive, resolve_passwords)
+from fi_data.errors import UserError
 from fi_data.splits import apply_split, normalize_split_mode
 from fi_data.traits import INTERVIEW, SPLITS, TRAITS
 
@@ -365,7 +366,7 @@ def discover(root: str | os.PathLike, passwords=None, split_mode: str = "officia
         videos_without_labels=sorted(out.videos.keys() - labelled),
         duplicates=out.duplicates, problems=out.problems, split_mode=split_mode, seed=seed)
     if clips.empty and require_videos:
-        raise ValueError(f"no clip has both a video and labels\n{result.summary()}")
+        raise UserError(f"no clip has both a video and labels\n{result.summary()}")
     return result
 
 
@@ -384,12 +385,12 @@ def find_videos(inputs, passwords=None, *, tmp_dir: str | os.PathLike | None = N
         ``(videos, problems)``: ``videos`` is a list of ``(name, source)`` in a stable order,
         ``name`` the file name without ``.mp4`` and ``source`` an absolute path or an
         archive locator for :func:`fi_data.archives.open_clip`; ``problems`` a list of
-        ``(where, reason)`` for refused members, unreadable archives, broken links and
-        folder links leading outside an input folder (not followed).
+        ``(where, reason)`` for inputs that do not exist (``missing_file``) or are neither
+        ``.mp4`` nor ``.zip`` (``not_a_clip``), refused members, unreadable archives, broken
+        links and folder links leading outside an input folder (not followed). A clip reached
+        twice (e.g. a folder and a file in it) is listed once.
 
     Raises:
-        FileNotFoundError: an input does not exist.
-        ValueError: an input file is neither ``.mp4`` nor ``.zip``.
         PasswordError, UnsupportedArchiveError: as :func:`discover`.
     """
     if isinstance(inputs, (str, os.PathLike)):
@@ -402,10 +403,11 @@ def find_videos(inputs, passwords=None, *, tmp_dir: str | os.PathLike | None = N
             for kind, paths in _walk_files(item, out.problem).items():
                 files[kind] += paths
         elif not item.exists():
-            raise FileNotFoundError(f"{item}: no such file or folder")
+            out.problem(item, "missing_file: no such file or folder")
         elif suffix in (".mp4", ".zip"):
             files[suffix[1:]].append(item)
         else:
-            raise ValueError(f"{item}: expected an .mp4 clip, a .zip archive or a folder")
+            out.problem(item, "not_a_clip: expected an .mp4 clip, a .zip archive or a folder")
     _scan(files, resolve_passwords(passwords), _spooler(tmp_dir), out)
-    return out.any_videos, [(p.where, p.reason) for p in out.problems]
+    unique = list(dict.fromkeys(out.any_videos))  # a clip given twice (a folder and a file in it) once
+    return unique, [(p.where, p.reason) for p in out.problems]

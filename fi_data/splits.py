@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fi_data.annotations import youtube_id
+from fi_data.errors import UserError
 from fi_data.traits import SPLITS
 
 SPLIT_MODES = ("official", "speaker-disjoint")
@@ -29,7 +30,7 @@ def normalize_split_mode(mode: str) -> str:
     """``"speaker_disjoint"`` -> ``"speaker-disjoint"``; raises ValueError for unknown modes."""
     norm = str(mode).strip().lower().replace("_", "-")
     if norm not in SPLIT_MODES:
-        raise ValueError(f"unknown split mode {mode!r}; expected one of {SPLIT_MODES}")
+        raise UserError(f"unknown split mode {mode!r}; expected one of {SPLIT_MODES}")
     return norm
 
 
@@ -54,7 +55,7 @@ def speaker_disjoint_assignment(clip_ids, fractions=DEFAULT_FRACTIONS, seed: int
     """
     fractions = np.asarray(fractions, dtype=float)
     if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions.tolist()}")
+        raise UserError(f"fractions must be three non-negative numbers summing to 1, got {fractions.tolist()}")
     groups = pd.Series([youtube_id(c) for c in clip_ids], dtype=object)
     sizes = groups.value_counts().sort_index()
     order = np.random.default_rng(seed).permutation(len(sizes))
@@ -67,7 +68,7 @@ def speaker_disjoint_assignment(clip_ids, fractions=DEFAULT_FRACTIONS, seed: int
     result = groups.map(assigned).to_numpy(dtype=object)
     empty = [s for s, f in zip(SPLITS, fractions) if f > 0 and s not in set(result)]
     if empty:
-        raise ValueError(f"speaker-disjoint split of {len(groups)} clips from {len(sizes)} YouTube ids leaves "
+        raise UserError(f"speaker-disjoint split of {len(groups)} clips from {len(sizes)} YouTube ids leaves "
                          f"{empty} empty; it needs more distinct speakers")
     return result
 

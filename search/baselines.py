@@ -25,6 +25,7 @@ from sklearn.linear_model import RidgeCV
 from sklearn.preprocessing import StandardScaler
 
 from fi_data.cache_format import FeatureCache, SplitArrays
+from fi_data.errors import UserError
 from fi_data.pipeline import center_crop_frames
 from fi_data.traits import SPLITS
 from fi_models.fusion import StatisticsInit
@@ -96,7 +97,7 @@ def ridge_baseline(cache: FeatureCache, *, splits=SPLITS) -> dict:
     feats = {s: clip_statistics(cache.split(s)) for s in ("train", "validation")}
     targets = np.asarray(cache.split("train").targets, np.float64)
     if len(targets) < 2:
-        raise ValueError(f"{cache.path}: the training split has {len(targets)} clip(s); the ridge needs 2")
+        raise UserError(f"{cache.path}: the training split has {len(targets)} clip(s); the ridge needs 2")
 
     def select(variant, audio, video):
         return {"audio": audio, "video": video, "both": np.hstack([audio, video])}[variant]

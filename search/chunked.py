@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from fi_data.cache_format import FeatureCache
+from fi_data.errors import StoppedError
 
 EXIT_CODES = {"search_finished": 0, "trial_limit": 10, "time_budget": 11, "search_failed": 12}
 """Exit status of a child for each way it can stop (any other status: it crashed)."""
@@ -57,7 +58,8 @@ def search_in_processes(cache: FeatureCache, paths, config, *, deadline: float |
 
     Raises:
         search.tuner.SearchFailedError: a child stopped after too many consecutive failures.
-        RuntimeError: a child crashed or was killed (its output says why; rerun to resume).
+        fi_data.errors.StoppedError: a child crashed or was killed (its output says why; rerun to
+            resume).
     """
     from search.tuner import SearchFailedError
 
@@ -81,7 +83,7 @@ def search_in_processes(cache: FeatureCache, paths, config, *, deadline: float |
             raise SearchFailedError(f"the search stopped after too many consecutive failed trials (see above); "
                                     f"every trial is in {paths.trials_csv}")
         if reason is None:
-            raise RuntimeError(f"a search process exited with status {status}"
+            raise StoppedError(f"a search process exited with status {status}"
                                + (" (killed: out of memory?)" if status < 0 else "")
                                + f"; its output is above. Rerun the same command to resume {paths.root}.")
 
@@ -122,15 +124,19 @@ def main(argv=None) -> int:
     if args.parent_pid is not None:
         die_with_parent(args.parent_pid)
 
+    unknown = sorted(set(args.settings) - set(PROCESS_SETTINGS))
+    if unknown:
+        parser.error(f"--settings: {unknown} are not among {PROCESS_SETTINGS}")
+    if args.settings.get("verbose", 1) != 2:  # --verbose 2 shows TensorFlow's start-up lines
+        from search.quiet_tf import import_tensorflow_quietly  # before anything imports TensorFlow
+        import_tensorflow_quietly()
+
     from fi_data.cache_format import open_cache
     from search.config import SearchConfig
     from search.runs import RunPaths
     from search.tuner import SearchFailedError, make_hypermodel, search_in_process
 
     paths = RunPaths(Path(args.run_dir))
-    unknown = sorted(set(args.settings) - set(PROCESS_SETTINGS))
-    if unknown:
-        parser.error(f"--settings: {unknown} are not among {PROCESS_SETTINGS}")
     config = SearchConfig.load(paths.config)
     left = None if args.deadline is None else max(args.deadline - time.time(), 1e-3)
     config = dataclasses.replace(config, time_budget_s=left, **args.settings)

@@ -70,6 +70,8 @@ from keras_tuner.src.engine import conditions
 from keras_tuner.src.engine.oracle import synchronized
 from keras_tuner.src.engine.trial import Trial, TrialStatus
 
+from fi_data.errors import UserError
+
 # keras-tuner 1.4.8 left a debug print in conditions.Parent.to_proto (its only print): every
 # trial sent over gRPC would print the first value of each conditional scope ("vgg", "lstm").
 conditions.print = lambda *args, **kwargs: None
@@ -94,7 +96,7 @@ def parse_address(address: str) -> tuple[str, int]:
     """
     host, sep, port = str(address).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"oracle address {address!r}: expected HOST:PORT with a port in 1..65535, "
+        raise UserError(f"oracle address {address!r}: expected HOST:PORT with a port in 1..65535, "
                          "e.g. 10.0.0.5:8000, chief-host:8000 or [::1]:8000")
     return host, int(port)
 
@@ -127,19 +129,19 @@ class Role:
 
     def __post_init__(self):
         if self.kind not in ROLES:
-            raise ValueError(f"role {self.kind!r} is not one of {ROLES}")
+            raise UserError(f"role {self.kind!r} is not one of {ROLES}")
         if self.kind == "single":
             if self.address is not None or self.worker_id is not None:
-                raise ValueError("an oracle address or a worker id needs the role chief or worker")
+                raise UserError("an oracle address or a worker id needs the role chief or worker")
             return
         if not self.address:
-            raise ValueError(f"the {self.kind} needs the oracle's address HOST:PORT (--oracle-address)")
+            raise UserError(f"the {self.kind} needs the oracle's address HOST:PORT (--oracle-address)")
         parse_address(self.address)
         if self.kind == "chief" and self.worker_id is not None:
-            raise ValueError("a worker id is for workers; the chief's Keras Tuner id is always 'chief'")
+            raise UserError("a worker id is for workers; the chief's Keras Tuner id is always 'chief'")
         if self.kind == "worker":
             if not self.worker_id or not _WORKER_ID.fullmatch(self.worker_id) or "chief" in self.worker_id:
-                raise ValueError(f"worker id {self.worker_id!r}: expected 1-100 letters, digits or ._@- "
+                raise UserError(f"worker id {self.worker_id!r}: expected 1-100 letters, digits or ._@- "
                                  "(starting with a letter or digit) without the word 'chief'")
 
     @classmethod
@@ -154,7 +156,7 @@ class Role:
             return cls()
         tuner_id, port = env.get("KERASTUNER_TUNER_ID"), env.get("KERASTUNER_ORACLE_PORT")
         if not tuner_id or not port:
-            raise ValueError("KERASTUNER_ORACLE_IP is set, so KERASTUNER_TUNER_ID and KERASTUNER_ORACLE_PORT "
+            raise UserError("KERASTUNER_ORACLE_IP is set, so KERASTUNER_TUNER_ID and KERASTUNER_ORACLE_PORT "
                              "must be set too (or unset all three for a single-process search)")
         address = f"{env['KERASTUNER_ORACLE_IP']}:{port}"
         if "chief" in tuner_id:  # Keras Tuner's own test (distribute/utils.py, is_chief_oracle)
@@ -190,7 +192,7 @@ def make_strategy(name: str):
     from search.config import STRATEGIES
 
     if name not in STRATEGIES:
-        raise ValueError(f"strategy {name!r} is not one of {STRATEGIES}")
+        raise UserError(f"strategy {name!r} is not one of {STRATEGIES}")
     if name == "default":
         return None
     import tensorflow as tf
@@ -497,12 +499,12 @@ def run_worker(run_dir: str | os.PathLike, config, prepare_cache, *, wait_s: flo
     differences = chief.config.search_differences(config)
     if differences:
         listed = "; ".join(f"{k}: chief {a!r}, this worker {b!r}" for k, (a, b) in differences.items())
-        raise ValueError(f"{paths.config}: this worker's search settings differ from the chief's ({listed}); "
+        raise UserError(f"{paths.config}: this worker's search settings differ from the chief's ({listed}); "
                          "start the worker with the chief's command line plus the worker flags")
     recorded = Path(chief.cache["path"]) if chief.cache.get("path") else None
     cache = open_cache(recorded) if recorded and (recorded / "manifest.json").is_file() else prepare_cache()
     if cache.manifest.get("key") != chief.cache.get("key"):
-        raise ValueError(f"{cache.path}: feature cache key {cache.manifest.get('key')!r} differs from the chief's "
+        raise UserError(f"{cache.path}: feature cache key {cache.manifest.get('key')!r} differs from the chief's "
                          f"{chief.cache.get('key')!r}: preprocess with the chief's settings, or share its cache folder")
     config = dataclasses.replace(chief.config, strategy=config.strategy, trials_per_process=config.trials_per_process,
                                  verbose=config.verbose, time_budget_s=None, overwrite=False)

@@ -45,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from fi_data.cache_format import FeatureCache
+from fi_data.errors import UserError
 from fi_data.pipeline import make_dataset
 from fi_models.audio import AUDIO_BRANCHES, compatible_audio_branches
 from fi_models.fusion import HEADS, STATS, build_model, compile_model, target_statistics
@@ -173,7 +174,7 @@ class PersonalityHyperModel(kt.HyperModel):
         problems = check_hyperparameter_values(self.fixed, self.choices, crop_size=self.crop_size,
                                                allow_resnet=self.allow_resnet)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UserError("; ".join(problems))
         self.augment = augment
         self.audio_masking = audio_masking
         self.seed = seed
@@ -182,7 +183,7 @@ class PersonalityHyperModel(kt.HyperModel):
         self.video_shape = (int(cache.frame_shape[0]), self.crop_size, self.crop_size, 3)
         self.audio_branches = compatible_audio_branches(self.audio_shape)
         if not self.audio_branches:
-            raise ValueError(f"{cache.path}: cached audio of shape {self.audio_shape} fits no audio branch; "
+            raise UserError(f"{cache.path}: cached audio of shape {self.audio_shape} fits no audio branch; "
                              "expected (N, M, 1) MFCCs or (N, 1) mean MFCCs")
         self.audio_branches = (STATS, *self.audio_branches)
         self.max_vgg_depth = max(1, min(5, int(math.log2(self.crop_size))))

@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 
 from fi_data.archives import ArchiveError, open_clip, resolve_passwords
-from fi_data.cache import PreprocessParams, extract_clip_features
+from fi_data.cache import CLIP_FLAGS, PreprocessParams, extract_clip_features
 from fi_data.cache_format import write_json_atomic
 from fi_data.discovery import find_videos
+from fi_data.errors import UserError
 from fi_data.traits import TRAITS
 from search.runs import RunPaths
 
@@ -92,7 +93,7 @@ def _predict(model, record: dict, inputs, passwords, batch_size: int, tmp_dir: P
     mfcc_frames, crop_size = record.get("mfcc_frames_mean"), int(record["crop_size"])
     videos, problems = find_videos(inputs, passwords, tmp_dir=tmp_dir)
     if not videos and not problems:
-        raise ValueError(f"no .mp4 clip found in {[str(p) for p in inputs]}")
+        raise UserError(f"no .mp4 clip found in {[str(p) for p in inputs]}")
 
     rows = [{"clip": where, "source": where, "status": reason, "flags": ""} for where, reason in problems]
     pending = []  # (row, audio, video)
@@ -112,7 +113,7 @@ def _predict(model, record: dict, inputs, passwords, batch_size: int, tmp_dir: P
         rows.append(row)
         try:
             with open_clip(source, passwords=passwords, tmp_dir=tmp_dir) as path:
-                clip = extract_clip_features(path, params, mfcc_frames, tmp_dir=tmp_dir)
+                clip = extract_clip_features(path, params, mfcc_frames, tmp_dir=tmp_dir, source_label=source)
         except (ArchiveError, OSError) as e:
             row["status"] = f"open_failed: {e}"
             continue
@@ -131,6 +132,13 @@ def _predict(model, record: dict, inputs, passwords, batch_size: int, tmp_dir: P
         if trait not in table:
             table[trait] = np.nan
     return table[list(PREDICTION_COLUMNS)]
+
+
+def flag_legend(table: pd.DataFrame) -> dict:
+    """``{flag: meaning}`` (``fi_data.cache.CLIP_FLAGS``) of every flag in the table's ``flags``
+    column (comma-separated), sorted by name."""
+    shown = sorted({flag for flags in table["flags"].fillna("") for flag in str(flags).split(",") if flag})
+    return {flag: CLIP_FLAGS.get(flag, "(not documented)") for flag in shown}
 
 
 def write_predictions(table: pd.DataFrame, out_prefix: str | os.PathLike) -> tuple[Path, Path]:

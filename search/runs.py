@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from fi_data.cache_format import FeatureCache, write_json_atomic
+from fi_data.errors import UserError
 from search.config import SearchConfig
 
 PROJECT_NAME = "tuner"
@@ -60,12 +61,26 @@ class RunPaths:
     report = property(lambda self: self.root / "report.md")
     plots = property(lambda self: self.root / "plots")
     search_summary = property(lambda self: self.root / "search.json")
+    data = property(lambda self: self.root / "data.json")
 
     def outputs(self) -> tuple:
         """Every file and folder this toolkit writes in the run folder (what overwrite deletes)."""
         return (self.config, self.project_dir, self.tensorboard, self.trials_csv, self.best_hyperparameters,
                 self.top_hyperparameters, self.best_model, self.preprocessing, self.history, self.predictions, self.metrics,
-                self.report, self.plots, self.search_summary)
+                self.report, self.plots, self.search_summary, self.data)
+
+
+def save_data_origin(run_dir: str | os.PathLike, data_dir: str | os.PathLike, *, demo: bool) -> None:
+    """Record in ``<run>/data.json`` which dataset the run was trained on: ``{"data_dir":
+    absolute folder, "demo": whether it is the generated demo}`` (``predict`` warns that a demo
+    model's scores of real clips mean nothing)."""
+    write_json_atomic(RunPaths(Path(run_dir)).data, {"data_dir": str(Path(data_dir).resolve()), "demo": bool(demo)})
+
+
+def load_data_origin(run_dir: str | os.PathLike) -> dict | None:
+    """``data.json`` of :func:`save_data_origin`, or None for a run folder written before it."""
+    path = RunPaths(Path(run_dir)).data
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def tensorboard_command(logdir: str | os.PathLike) -> str:
@@ -122,7 +137,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, config: SearchConfig, cache: Fea
             differences["cache key"] = (old_cache.get("key"), cache.manifest.get("key"))
         if differences:
             listed = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in differences.items())
-            raise ValueError(f"{paths.root}: this run folder holds a search with other settings ({listed}). "
+            raise UserError(f"{paths.root}: this run folder holds a search with other settings ({listed}). "
                              "Rerun with the same settings to resume it, choose another run folder, "
                              "or pass overwrite (--overwrite) to start over.")
     config.save(paths.config, cache=cache_identity(cache))
@@ -199,14 +214,14 @@ def load_best_hyperparameters(path: str | os.PathLike) -> BestHyperparameters:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise UserError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
     if isinstance(data.get("values"), dict):
         fields = {f.name for f in dataclasses.fields(BestHyperparameters)}
         unknown = sorted(set(data) - fields)
         if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; expected {sorted(fields)}")
+            raise UserError(f"{path}: unknown keys {unknown}; expected {sorted(fields)}")
         data = dict(data)
     else:
         data = {"values": data}

@@ -52,13 +52,15 @@ import pandas as pd
 from keras_tuner.engine.trial import TrialStatus
 
 from fi_data.cache_format import FeatureCache, write_json_atomic
+from fi_data.errors import UserError
 from fi_models.metrics import ONE_MINUS_MAE
 from search import memory
+from search.checkpoints import checkpoint_bytes, prune_checkpoints
 from search.config import SearchConfig
 from search.hypermodel import PersonalityHyperModel
 from search.runs import (PROJECT_NAME, BestHyperparameters, RunPaths, prepare_run_dir, save_top_hyperparameters,
                          tensorboard_command)
-from search.tensorboard_logs import write_experiment
+from search.tensorboard_logs import configure_trial_tensorboard, write_experiment
 from search.trials import best_epoch, failure_summary, trial_info_path, trials_table, write_trials_csv
 
 OBJECTIVE = kt.Objective("val_" + ONE_MINUS_MAE, direction="max")
@@ -255,9 +257,15 @@ class _SearchTunerMixin:
         trial = self.oracle.get_trial(trial.trial_id)  # the oracle's copy holds the score
         print(self.trial_line(trial, info), flush=True)
         if not self._is_worker():  # a distributed worker's oracle is a client without the trials
+            prune_checkpoints(self)  # only those a later Hyperband round can load stay
             write_trials_csv(trials_table(self.oracle.trials.values(), self.fi_paths.project_dir),
                              self.fi_paths.trials_csv)
             self.check_consecutive_failures()
+
+    def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
+        # Keras Tuner's own, plus the best epoch's score and rounded values in the HParams tab.
+        configure_trial_tensorboard(callbacks, trial,
+                                    lambda log_dir: self._get_tensorboard_dir(log_dir, trial.trial_id, execution))
 
     def trial_line(self, trial, info: dict) -> str:
         """The one line printed when ``trial`` ends; ``info`` is its ``fi_trial.json`` (may be empty)."""
@@ -443,6 +451,8 @@ def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config
     finally:
         if not tuner._is_worker():
             write_trials_csv(trials_table(tuner.oracle.trials.values(), paths.project_dir), paths.trials_csv)
+            print(f"[search] checkpoints kept for later Hyperband rounds: "
+                  f"{checkpoint_bytes(paths.project_dir) / 2**20:.0f} MiB in {paths.project_dir}", flush=True)
     return tuner, stopped_by
 
 
@@ -555,7 +565,7 @@ def run_search(cache: FeatureCache, run_dir, config: SearchConfig, *,
     deadline = None if config.time_budget_s is None else time.time() + config.time_budget_s
     role = Role.current()
     if role.kind == "worker":
-        raise ValueError(f"KERASTUNER_TUNER_ID={role.worker_id!r} makes this process a distributed worker; "
+        raise UserError(f"KERASTUNER_TUNER_ID={role.worker_id!r} makes this process a distributed worker; "
                          "workers run search.distributed.run_worker, not run_search")
     in_process = hypermodel is not None or not config.trials_per_process
     hypermodel = hypermodel or make_hypermodel(cache, config)

@@ -223,6 +223,41 @@ def test_predict_command_writes_csv_and_json(finished_run, tmp_path, capsys):
     assert "1 of 1 clips scored" in capsys.readouterr().out
 
 
+def test_predict_scores_the_good_clips_beside_missing_inputs_and_keeps_earlier_predictions(
+        finished_run, tmp_path, capsys):
+    """A missing input is a row with its reason, a clip given twice is scored once, the flags
+    get a legend, a demo-trained run says so, and an existing --out is not replaced silently."""
+    from search.runs import save_data_origin
+
+    run_dir = finished_run["run_dir"]
+    folder = tmp_path / "new"
+    folder.mkdir()
+    good = folder / "someone.mp4"
+    _make_clip(good, seconds=0.5)  # short: padding dominates its audio, so it is flagged
+    out = tmp_path / "preds"
+    save_data_origin(run_dir, tmp_path / "demo-data", demo=True)
+    try:
+        status = run_search.main(["predict", "--run", str(run_dir), "--out", str(out), str(folder), str(good),
+                                  str(tmp_path / "gone.mp4")])
+    finally:
+        (run_dir / "data.json").unlink()
+    printed = capsys.readouterr().out
+    assert status == 0
+    table = pd.read_csv(f"{out}.csv")
+    assert list(table["clip"]) == [str(tmp_path / "gone.mp4"), "someone"]
+    assert table.loc[0, "status"] == "missing_file: no such file or folder"
+    assert table.loc[1, "status"] == "ok" and not np.isnan(table.loc[1, "openness"])
+    assert "1 of 2 clips scored" in printed
+    assert "short_clip: " in printed.split("flags: ", 1)[1]  # the legend names the flag it shows
+    assert "trained on the generated demo dataset" in printed
+    # Same --out again: refused without --overwrite, the earlier files untouched.
+    before = Path(f"{out}.csv").read_bytes()
+    assert run_search.main(["predict", "--run", str(run_dir), "--out", str(out), str(good)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and Path(f"{out}.csv").read_bytes() == before
+    assert run_search.main(["predict", "--run", str(run_dir), "--out", str(out), "--overwrite", str(good)]) == 0
+    assert list(pd.read_csv(f"{out}.csv")["clip"]) == ["someone"]
+
+
 def test_predict_without_a_finished_run_is_a_clear_error(tmp_path, capsys):
     status = run_search.main(["predict", "--run", str(tmp_path), str(tmp_path / "x.mp4")])
     assert status == 2

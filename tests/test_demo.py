@@ -252,9 +252,12 @@ def test_generation_is_deterministic(tiny, tmp_path):
 
 def test_demo_dataset_generates_once(tmp_path, monkeypatch):
     params = dict(TINY, n_train=2, n_val=1, n_test=1, duration_s=1.0)
+    stale = tmp_path / f"{DemoParams(**params).key()}.tmp-interrupted"  # a generation killed earlier
+    (stale / "train").mkdir(parents=True)
     first = demo_dataset(tmp_path, progress=False, **params)
     assert first == tmp_path / DemoParams(**params).key() and (first / "demo.json").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no staging folder left
+    # No staging folder left, the stale one included; the lock file of the generation stays.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, ".lock"])
     monkeypatch.setattr(demo, "generate_demo", lambda *a, **k: pytest.fail("regenerated a cached demo"))
     assert demo_dataset(tmp_path, progress=False, **params) == first
     scores = demo_scores(first)

@@ -236,10 +236,15 @@ def test_find_videos_for_prediction(tmp_path, tmp_dir):
             contents.append(path.read_bytes())
     assert contents == [b"one", b"three", b"two"]
     assert find_videos(single)[0] == [("single", str(single))]
-    with pytest.raises(FileNotFoundError, match="gone.mp4: no such file"):
-        find_videos([tmp_path / "gone.mp4"])
-    with pytest.raises(ValueError, match="expected an .mp4 clip"):
-        find_videos([folder / "annotation_training.pkl"])
+    # A missing input and a file of another kind are rows with their reason; the others are found.
+    gone, notes = tmp_path / "gone.mp4", folder / "annotation_training.pkl"
+    videos, problems = find_videos([gone, single, notes], tmp_dir=tmp_dir)
+    assert videos == [("single", str(single))]
+    assert problems == [(str(gone), "missing_file: no such file or folder"),
+                        (str(notes), "not_a_clip: expected an .mp4 clip, a .zip archive or a folder")]
+    # A clip reached twice (its folder and the file itself) is listed once.
+    clip = folder / "sub" / "my interview.mp4"
+    assert find_videos([folder, clip], tmp_dir=tmp_dir)[0] == [("my interview", str(clip))]
 
 
 def test_zip_bomb_inner_archive_is_one_skipped_problem(tmp_path, tmp_dir):

@@ -96,6 +96,10 @@ def test_hyperband_trials_are_recorded_with_their_scores(job):
         assert row.score == pytest.approx(max(curve), abs=1e-6)
         assert row.best_epoch == int(np.argmax(curve)) + 1
     assert job["stdout"].count("[search] trial ") == 2
+    # One bracket of one round: no later round can load a checkpoint, so none is kept.
+    from search.checkpoints import checkpoint_bytes
+    assert checkpoint_bytes(job["paths"].project_dir) == 0
+    assert "[search] checkpoints kept for later Hyperband rounds: 0 MiB" in job["stdout"]
     assert "[search] trial 0001 COMPLETED: val_one_minus_mae" in job["stdout"]
 
 
