@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from fi_data.traits import SPLITS, TRAITS
 from fi_models.metrics import ONE_MINUS_MAE
 from search.runs import RunPaths, tensorboard_command
-from search.trials import DIVERGED_MARGIN, mark_diverged, write_trials_csv
+from search.trials import DIVERGED_MARGIN, format_value, mark_diverged, write_trials_csv
 from search.verdict import variation_lines, verdict_lines
 
 PLOTS = {"curves": "retrain_curves.png", "baseline": "test_vs_baseline.png",
@@ -32,28 +32,6 @@ PLOTS = {"curves": "retrain_curves.png", "baseline": "test_vs_baseline.png",
 
 LOSS_NAMES = {"mae": "MAE", "mse": "MSE", "ccc_mae": "MAE + (1 - CCC)"}
 """Loss hyperparameter value (``fi_models.losses.LOSSES``) -> its name on the loss axis."""
-
-
-def format_value(value, digits: int = 3) -> str:
-    """A hyperparameter value for a table cell.
-
-    Integers, and floats with an integral value, print as integers (``32``, not ``32.0``);
-    other floats with ``digits`` significant digits (``0.000555``, not ``0.0006``; ``0.3``,
-    not ``0.30000000000000004``); NaN / None as ``n/a``; anything else with ``str``.
-    """
-    if value is None:
-        return "n/a"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        if not np.isfinite(value):
-            return "n/a"
-        if float(value).is_integer() and abs(value) < 1e15:
-            return str(int(value))
-        return f"{float(value):.{digits}g}"
-    return str(value)
 
 
 def _save(fig: Figure, path: Path) -> Figure:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from fi_data.traits import TRAITS
 from search.runs import RunPaths, tensorboard_command
+from search.trials import format_value
 from search.verdict import variation_lines, verdict_lines
 
 
@@ -64,7 +65,7 @@ def format_summary(metrics: dict, run_dir: str | os.PathLike) -> str:
         + "); spread = SD(predictions) / SD(labels), "
         "near 0 means regression to the mean.",
         *variation_lines(metrics),
-        "Best hyperparameters: " + ", ".join(f"{k}={v}" for k, v in sorted(metrics["hyperparameters"].items())),
+        "Best hyperparameters: " + ", ".join(f"{k}={format_value(v)}" for k, v in sorted(metrics["hyperparameters"].items())),
         "",
         f"Run folder:   {paths.root}",
         f"Report:       {paths.report}",

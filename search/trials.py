@@ -46,6 +46,28 @@ def round_significant(value: float, digits: int = FLOAT_DIGITS) -> float:
     return float(f"{value:.{digits}g}") if np.isfinite(value) else value
 
 
+def format_value(value, digits: int = 3) -> str:
+    """A hyperparameter value for a table cell.
+
+    Integers, and floats with an integral value, print as integers (``32``, not ``32.0``);
+    other floats with ``digits`` significant digits (``0.000555``, not ``0.0006``; ``0.3``,
+    not ``0.30000000000000004``); NaN / None as ``n/a``; anything else with ``str``.
+    """
+    if value is None:
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            return "n/a"
+        if float(value).is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{float(value):.{digits}g}"
+    return str(value)
+
+
 def is_diverged(score, baseline_score: float | None, margin: float = DIVERGED_MARGIN) -> bool | None:
     """Whether a validation score (1-MAE) is more than ``margin`` below ``baseline_score``.
 

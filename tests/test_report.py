@@ -17,7 +17,8 @@ from keras_tuner.src.engine.trial import Trial
 from fi_data.cache_format import open_cache, write_synthetic_cache
 from fi_data.sample_plots import sample_figure, used_clips
 from search.config import SearchConfig
-from search.report import epoch_cap_line, format_value, plot_curves, plot_trial_scores, _marked_trials
+from search.report import epoch_cap_line, plot_curves, plot_trial_scores, _marked_trials
+from search.trials import format_value
 from search.tensorboard_logs import (BestObjective, configure_trial_tensorboard, read_experiment, read_scalars,
                                      read_session_hparams, write_experiment)
 from search.train import RETRAIN_EPOCHS_FACTOR, retrain_epoch_cap
