@@ -39,6 +39,12 @@ DEMO_CHOICES = {"vgg_width": [8, 16], "vgg_depth": [3, 2, 4], "fusion_units": [6
 REAL_SEARCH_DEFAULTS = {"max_epochs": 30, "factor": 3, "time_budget": None, "batch_sizes": "32,16,64"}
 
 
+PASSWORDS_HELP = ("passwords of encrypted archives: 'PW' for all, or 'ARCHIVE=PW,ARCHIVE=PW' (names may be globs "
+                  "such as 'test80_*.zip'). Also read from the FI_PASSWORDS environment variable (same syntax) "
+                  "and --passwords-file")
+PASSWORDS_FILE_HELP = "file with one 'ARCHIVE=PW' per line ('*=PW' for all); '#' starts a comment"
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -105,12 +111,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "train-1.zip ... test-2e.zip, inner training80_XX.zip ..., annotation zips or "
                         ".pkl files) or already extracted, in any mix. Default: the built-in demo "
                         "dataset, generated once into .fi_demo/")
-    g.add_argument("--passwords", default=None, metavar="SPEC",
-                   help="passwords of encrypted archives: 'PW' for all, or 'ARCHIVE=PW,ARCHIVE=PW' "
-                        "(names may be globs such as 'test80_*.zip'). Also read from the "
-                        "FI_PASSWORDS environment variable (same syntax) and --passwords-file")
-    g.add_argument("--passwords-file", type=Path, default=None, metavar="FILE",
-                   help="file with one 'ARCHIVE=PW' per line ('*=PW' for all); '#' starts a comment")
+    g.add_argument("--passwords", default=None, metavar="SPEC", help=PASSWORDS_HELP)
+    g.add_argument("--passwords-file", type=Path, default=None, metavar="FILE", help=PASSWORDS_FILE_HELP)
     g.add_argument("--split", default="official", choices=("official", "speaker-disjoint"),
                    help="official train/validation/test split (default), or a deterministic ~60/20/20 "
                         "re-split grouped by YouTube id (no person in two splits; seeded by --seed)")
@@ -306,11 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output prefix for <out>.csv and <out>.json (default: <run>/predictions/<date-time>, "
                         "so earlier predictions are kept)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out (default: refuse)")
-    p.add_argument("--passwords", default=None, metavar="SPEC",
-                   help="passwords of encrypted archives: 'PW' for all, or 'ARCHIVE=PW,ARCHIVE=PW' (names may be "
-                        "globs); also read from FI_PASSWORDS")
-    p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE",
-                   help="file with one 'ARCHIVE=PW' per line ('*=PW' for all); '#' starts a comment")
+    p.add_argument("--passwords", default=None, metavar="SPEC", help=PASSWORDS_HELP)
+    p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE", help=PASSWORDS_FILE_HELP)
     p.add_argument("--batch-size", type=_positive_int, default=16, help="clips per prediction batch (default: 16)")
 
     p = sub.add_parser("baselines", help="the mean and identity-lookup baselines per split, from labels alone",
@@ -323,11 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="official", choices=("official", "speaker-disjoint"),
                    help="official split (default) or the speaker-disjoint re-split (seeded by --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the speaker-disjoint split (default 0)")
-    p.add_argument("--passwords", default=None, metavar="SPEC",
-                   help="passwords of encrypted archives: 'PW' for all, or 'ARCHIVE=PW,ARCHIVE=PW' (names may be "
-                        "globs); also read from FI_PASSWORDS")
-    p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE",
-                   help="file with one 'ARCHIVE=PW' per line ('*=PW' for all); '#' starts a comment")
+    p.add_argument("--passwords", default=None, metavar="SPEC", help=PASSWORDS_HELP)
+    p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE", help=PASSWORDS_FILE_HELP)
 
     p = sub.add_parser("compare", help="compare finished runs: one row each, printed and written as markdown + CSV",
                        description="One row per finished run folder: dataset (cache key), clips per split, the "

@@ -64,10 +64,11 @@ class RunPaths:
     data = property(lambda self: self.root / "data.json")
 
     def outputs(self) -> tuple:
-        """Every file and folder this toolkit writes in the run folder (what overwrite deletes)."""
+        """Every file and folder this toolkit writes in the run folder (what overwrite deletes),
+        but ``data.json``, which every run rewrites before the search starts."""
         return (self.config, self.project_dir, self.tensorboard, self.trials_csv, self.best_hyperparameters,
                 self.top_hyperparameters, self.best_model, self.preprocessing, self.history, self.predictions, self.metrics,
-                self.report, self.plots, self.search_summary, self.data)
+                self.report, self.plots, self.search_summary)
 
 
 def save_data_origin(run_dir: str | os.PathLike, data_dir: str | os.PathLike, *, demo: bool) -> None:
