@@ -14,6 +14,7 @@ Commands (each has ``--help``):
     predict   score new clips with a finished run's model
     baselines the mean and identity-lookup baselines per split, from the labels alone
     compare   one row per finished run: data, trials, test scores with intervals, baselines
+    inspect   one PNG per clip: the frames, crops and audio the model sees, the clip's flags and facts
 
 This file only parses arguments and orchestrates the stages of the toolkit (``fi_data``,
 ``search``); nothing heavy is imported before a command starts, so ``--help`` is instant.
@@ -27,7 +28,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-COMMANDS = ("run", "prepare", "search", "retrain", "predict", "baselines", "compare")
+COMMANDS = ("run", "prepare", "search", "retrain", "predict", "baselines", "compare", "inspect")
 DEFAULT_RUNS_DIR = ROOT / "tuner_runs"
 DEFAULT_CACHE_DIR = ROOT / ".fi_cache"
 
@@ -333,6 +334,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="finished run folders")
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS_DIR / "comparison",
                    help="output prefix: <out>.md and <out>.csv (default: tuner_runs/comparison)")
+    p = sub.add_parser("inspect", help="one PNG per clip showing exactly what the model will see",
+                       usage="run_search.py inspect CLIP [CLIP ...] --out DIR [--run RUN] [options]",
+                       description="For each clip (an .mp4 file, a folder or zip archive of them, or an archive "
+                                   "locator such as a.zip::inner.zip::clip.mp4) write <DIR>/<clip name>.png: the "
+                                   "sampled frames as cached, the centre crop the model gets at validation/test, "
+                                   "the black-bar crop box and the centre crop drawn on a source frame, the MFCC "
+                                   "input (librosa specshow, time in seconds), and the clip's flags and probe "
+                                   "facts as text. Prints one line per clip; a clip that cannot be used gets its "
+                                   "reason and a text-only PNG. Exit status 0 when at least one clip was drawn in "
+                                   "full, else 1.")
+    p.add_argument("clips", nargs="*", type=Path, metavar="CLIP",
+                   help=".mp4 files, folders of them, zip archives, or archive locators 'a.zip::member.mp4' "
+                        "(at least one)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="output folder for <clip name>.png (created; names are sanitized, a repeated name gets "
+                        "-2, -3, ...; an existing PNG of the same name is replaced). Required")
+    p.add_argument("--run", type=Path, default=None, metavar="RUN",
+                   help="a run folder whose preprocessing.json gives the preprocessing (cache_params, crop_size, "
+                        "mfcc_frames_mean) (default: none, i.e. the default PreprocessParams(), crop 128 and "
+                        "M = None: audio shown unpadded)")
+    p.add_argument("--passwords", default=None, metavar="SPEC", help=PASSWORDS_HELP + " (default: none)")
+    p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE",
+                   help=PASSWORDS_FILE_HELP + " (default: none)")
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true",
                              help="show the traceback of every error (default: errors of input, settings, disk "
@@ -721,8 +745,22 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    from fi_data.inspect_clip import default_preprocessing, inspect_clips, run_preprocessing
+
+    if not args.clips:
+        raise _user_error("inspect: give at least one CLIP (an .mp4 file, folder, zip archive or "
+                          "'a.zip::member.mp4' locator)")
+    prep = run_preprocessing(args.run) if args.run is not None else default_preprocessing()
+    print(f"[inspect] preprocessing: {prep.origin}")
+    results = inspect_clips(args.clips, args.out, prep, passwords=_passwords(args))
+    drawn = [r for r in results if r["png"] is not None and not r["text_only"]]
+    print(f"[inspect] {len(drawn)} of {len(results)} clips drawn in full into {args.out}")
+    return 0 if drawn else 1
+
+
 HANDLERS = {"run": cmd_run, "prepare": cmd_prepare, "search": cmd_search, "retrain": cmd_retrain,
-            "predict": cmd_predict, "baselines": cmd_baselines, "compare": cmd_compare}
+            "predict": cmd_predict, "baselines": cmd_baselines, "compare": cmd_compare, "inspect": cmd_inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

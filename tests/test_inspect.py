@@ -1,0 +1,162 @@
+"""run_search.py inspect / fi_data.inspect_clip: one PNG per clip of what the model sees."""
+
+import json
+import struct
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import run_search
+from fi_data.cache import CLIP_FLAGS, PreprocessParams, extract_clip_features
+from fi_data.errors import UserError
+from fi_data.inspect_clip import (DPI, Preprocessing, crop_in_source, decode_source_frame, default_preprocessing,
+                                  figure_size, inspect_clip, run_preprocessing, safe_name, unique_names)
+from fi_data.video import CropBox, fit_frames
+
+
+def _make_clip(path: Path, seconds: float = 1.5):
+    """64x36 H.264 + AAC clip: a 48x36 test picture between 8-pixel black pillarbox bars."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    f"testsrc=s=48x36:r=10:d={seconds},pad=64:36:8:0:black",
+                    "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:duration={seconds}",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)], check=True)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inspect")
+    bars = root / "bars.mp4"
+    _make_clip(bars)
+    archive = root / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(bars, "sub/bars.mp4")
+    corrupt = root / "broken.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)  # no moov atom
+    return {"bars": bars, "zip": archive, "corrupt": corrupt, "root": root}
+
+
+def test_a_clip_gets_the_full_figure_with_its_flags_sizes_and_crop_box(clips, tmp_path):
+    out = tmp_path / "bars.png"
+    result = inspect_clip(clips["bars"], out)
+    assert result["status"] == "ok" and not result["text_only"]
+    assert result["flags"] == ("mono_audio", "odd_resolution")
+    assert result["info"]["crop"] == {"top": 0, "bottom": 36, "left": 8, "right": 56}  # the pillarbox bars
+    width, height = figure_size(6, len(result["facts"]))
+    assert _png_size(out) == result["size_px"] == (width * DPI, height * DPI)
+    text = "\n".join(result["facts"])
+    assert f"source: {clips['bars']}" in text
+    assert "flags: mono_audio, odd_resolution" in text
+    assert f"odd_resolution: {CLIP_FLAGS['odd_resolution']}" in text
+    assert "source_size: 64x36 (displayed)   coded_size: 64x36   rotation: 0 deg" in text
+    assert "video_frames: 15 decoded   frame_count_hint: 15" in text
+    assert "black-bar crop box (source px): columns 8..56, rows 0..36 (48x36 px)" in text
+    assert "model centre crop: columns 60..188, rows 6..134 (128x128 px)" in text
+    assert "M = None (unpadded)" in text and "preprocessing: defaults" in text
+
+
+def test_the_source_frame_is_the_one_the_cached_frame_was_resized_from(clips):
+    params = PreprocessParams()
+    clip = extract_clip_features(clips["bars"], params, 100)
+    frame = decode_source_frame(clips["bars"], clip.info, params, 1)  # first sampled index of 15 frames
+    assert frame.shape == (36, 64, 3) and frame.dtype == np.uint8
+    refit = fit_frames(frame[None], CropBox(**clip.info["crop"]), params.frame_height, params.frame_width)
+    np.testing.assert_array_equal(refit[0], clip.frames[0])
+
+
+def test_the_centre_crop_maps_back_into_source_pixels():
+    params = PreprocessParams()  # 140x248 frames; a 48x36 picture scales to 187 columns, padded 30 each side
+    left, top, right, bottom = crop_in_source(CropBox(0, 36, 8, 56), params, 128)
+    assert left == pytest.approx(8 + (60 - 30) * 48 / 187)
+    assert right == pytest.approx(8 + (188 - 30) * 48 / 187)
+    assert (top, bottom) == (pytest.approx(6 * 36 / 140), pytest.approx(134 * 36 / 140))
+    # a 16:9 picture scaled to 249 columns, cropped by 0 on the left: the crop is inside the picture
+    left, top, right, bottom = crop_in_source(CropBox(0, 36, 0, 64), params, 140)
+    assert (left, right) == (pytest.approx(54 * 64 / 249), pytest.approx(194 * 64 / 249))
+    assert (top, bottom) == (0.0, 36.0)
+
+
+def test_archive_members_and_repeated_names_through_the_command(clips, tmp_path, capsys):
+    out = tmp_path / "out"
+    member = f"{clips['zip']}::sub/bars.mp4"
+    missing = f"{clips['zip']}::sub/nobody.mp4"
+    args = run_search.parse_args(["inspect", str(clips["bars"]), member, missing, str(clips["root"] / "absent.mp4"),
+                                  "--out", str(out)])
+    assert run_search.HANDLERS[args.command](args) == 0
+    printed = capsys.readouterr().out
+    assert f"[inspect] bars: {out / 'bars.png'} (ok; flags: mono_audio, odd_resolution)" in printed
+    assert f"[inspect] bars-2: {out / 'bars-2.png'} (ok; flags: mono_audio, odd_resolution)" in printed
+    assert f"[inspect] nobody: {out / 'nobody.png'} (missing_file" in printed  # a text-only PNG
+    assert "absent.mp4: no PNG (missing_file" in printed
+    assert "2 of 4 clips drawn in full" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["bars-2.png", "bars.png", "nobody.png"]  # temporaries gone
+    assert _png_size(out / "bars-2.png") == _png_size(out / "bars.png")
+
+
+def test_a_run_preprocessing_pads_the_audio_and_a_broken_clip_gets_a_text_panel(clips, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    params = PreprocessParams(n_frames=2, frame_height=72, frame_width=128)
+    (run / "preprocessing.json").write_text(json.dumps(
+        {"cache_params": params.to_dict(), "crop_size": 64, "mfcc_frames_mean": 200}))
+    prep = run_preprocessing(run)
+    assert (prep.params, prep.crop_size, prep.mfcc_frames) == (params, 64, 200)
+    out = tmp_path / "out"
+    args = run_search.parse_args(["inspect", str(clips["bars"]), str(clips["corrupt"]), "--run", str(run),
+                                  "--out", str(out)])
+    assert run_search.cmd_inspect(args) == 0
+    printed = capsys.readouterr().out
+    assert f"[inspect] preprocessing: run {run} (preprocessing.json)" in printed
+    assert "[inspect] broken: " in printed and "(unreadable_container" in printed and "text only" in printed
+    png = out / "bars.png"
+    # 97 audio frames of M = 200: 51.5% padding, so short_clip
+    result = inspect_clip(clips["bars"], png, prep)
+    assert result["flags"] == ("mono_audio", "odd_resolution", "short_clip")
+    assert result["info"]["audio_padded_share"] == pytest.approx(0.515)
+    text = "\n".join(result["facts"])
+    assert "audio_padded_share: 0.5150" in text and "M = 200" in text
+    assert "model inputs: audio float32 (24, 200, 1), video float32 (2, 64, 64, 3)" in text
+    assert "model centre crop: columns 32..96, rows 4..68 (64x64 px) of the 128x72 cached frame" in text
+    assert _png_size(png) == tuple(round(v * DPI) for v in figure_size(2, len(result["facts"])))
+    broken = inspect_clip(clips["corrupt"], tmp_path / "broken.png", prep)
+    assert broken["text_only"] and broken["status"] == "unreadable_container"
+    assert _png_size(tmp_path / "broken.png") == tuple(round(v * DPI) for v in figure_size(None, len(broken["facts"])))
+
+
+def test_nothing_drawn_is_exit_status_1_and_impossible_commands_are_user_errors(clips, tmp_path):
+    args = run_search.parse_args(["inspect", str(clips["corrupt"]), "--out", str(tmp_path / "o")])
+    assert run_search.cmd_inspect(args) == 1
+    with pytest.raises(UserError, match="no preprocessing.json"):
+        run_search.cmd_inspect(run_search.parse_args(["inspect", str(clips["bars"]), "--run", str(tmp_path),
+                                                      "--out", str(tmp_path / "o")]))
+    with pytest.raises(UserError, match="at least one CLIP"):
+        run_search.cmd_inspect(run_search.parse_args(["inspect", "--out", str(tmp_path / "o")]))
+    (tmp_path / "preprocessing.json").write_text(json.dumps(
+        {"cache_params": PreprocessParams().to_dict(), "crop_size": 200, "mfcc_frames_mean": 100}))
+    with pytest.raises(UserError, match="crop_size 200"):
+        run_preprocessing(tmp_path)
+
+
+def test_names_are_sanitized_and_made_unique():
+    assert safe_name("../a b:c.000") == "_a_b_c.000"
+    assert safe_name("...") == "clip"
+    assert unique_names(["x", "X", "x", "y"]) == ["x", "X-2", "x-3", "y"]
+
+
+def test_inspect_help_names_every_flag_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        run_search.parse_args(["inspect", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "run_search.py inspect CLIP [CLIP ...] --out DIR [--run RUN]" in text
+    for flag in ("--out DIR", "--run RUN", "--passwords SPEC", "--passwords-file FILE", "--debug"):
+        assert flag in text
+    assert "crop 128 and M = None" in text and text.count("default") >= 4
+    assert default_preprocessing().crop_size == 128 and isinstance(default_preprocessing(), Preprocessing)
