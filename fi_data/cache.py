@@ -497,7 +497,9 @@ def extract_clip_features(path: str | os.PathLike, params: PreprocessParams, mfc
         params: the parameters the cache (and so the model) was made with, e.g.
             ``PreprocessParams.from_dict(cache.params)``.
         mfcc_frames: the cache's M (``manifest["mfcc_frames_mean"]``); unused for mean_mfcc
-            (when given there, it still decides ``short_clip``).
+            (when given there, it still decides ``short_clip``). None: no model's M (e.g.
+            ``run_search.py inspect`` without a run): the audio is left unpadded, ``(rows, T, 1)``,
+            and neither the padded share nor ``short_clip`` is set.
         threads: ffmpeg decoder threads (0 = ffmpeg's choice).
         timeout_s: limit per ffmpeg/ffprobe run, seconds.
         tmp_dir: where ffmpeg's raw outputs go briefly (default: the system's temp folder).
@@ -510,11 +512,8 @@ def extract_clip_features(path: str | os.PathLike, params: PreprocessParams, mfc
         them. A clip that cannot be used has ``status`` != ``"ok"`` and ``audio``/``frames`` None.
 
     Raises:
-        ValueError: if ``mfcc_frames`` is missing for a representation that needs it.
         FFmpegNotFoundError: if ffmpeg/ffprobe are not installed.
     """
-    if params.representation != "mean_mfcc" and not mfcc_frames:
-        raise ValueError(f"mfcc_frames (the cache's M) is needed for representation {params.representation!r}")
     require_ffmpeg()
     clip = _extract(path, params, threads=threads, timeout_s=timeout_s, tmp_dir=tmp_dir, source_label=source_label)
     if clip.status != "ok":
@@ -524,8 +523,10 @@ def extract_clip_features(path: str | os.PathLike, params: PreprocessParams, mfc
         share, short = _padding_verdict(info["audio_frames"], mfcc_frames)
         info = {**info, "audio_padded_share": share}
         flags = (*flags, "short_clip") if short else flags
-    return dataclasses.replace(clip, audio=audio_features.model_input(clip.audio, params, mfcc_frames), flags=flags,
-                               info=info)
+    unpadded = mfcc_frames is None and params.representation != "mean_mfcc"
+    audio = np.asarray(clip.audio, np.float32)[:, :, None] if unpadded else \
+        audio_features.model_input(clip.audio, params, mfcc_frames)
+    return dataclasses.replace(clip, audio=audio, flags=flags, info=info)
 
 
 # ----------------------------------------------------------------------------------------

@@ -45,12 +45,11 @@ from librosa.display import specshow
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from fi_data import audio as audio_features
 from fi_data.archives import LOCATOR_SEP, ArchiveError, clear_spools, open_clip, resolve_passwords
-from fi_data.cache import CLIP_FLAGS, ClipFeatures, PreprocessParams, _extract, extract_clip_features
+from fi_data.cache import CLIP_FLAGS, ClipFeatures, PreprocessParams, extract_clip_features
 from fi_data.discovery import find_videos
 from fi_data.errors import UserError
-from fi_data.ffmpeg_tools import MediaError, decode_clip, require_ffmpeg
+from fi_data.ffmpeg_tools import MediaError, decode_clip
 from fi_data.video import CropBox, evenly_spaced_indices, fit_geometry, source_chain
 
 DEFAULT_CROP_SIZE = 128
@@ -201,19 +200,6 @@ def decode_source_frame(path: str | os.PathLike, info: dict, params: PreprocessP
 
 # ---------------------------------------------------------------------------------------
 # Features and facts
-
-
-def _features(path: Path, prep: Preprocessing, source: str, tmp_dir) -> ClipFeatures:
-    """``extract_clip_features``; with M = None for a padded representation, the same extraction
-    with the audio left unpadded as ``(rows, T, 1)`` (M = T)."""
-    params = prep.params
-    if prep.mfcc_frames or params.representation == "mean_mfcc":
-        return extract_clip_features(path, params, prep.mfcc_frames, tmp_dir=tmp_dir, source_label=source)
-    require_ffmpeg()
-    clip = _extract(path, params, threads=0, timeout_s=300.0, tmp_dir=tmp_dir, source_label=source)
-    if clip.status != "ok":
-        return clip
-    return dataclasses.replace(clip, audio=np.asarray(clip.audio, np.float32)[:, :, None])
 
 
 def _box_text(box: dict | CropBox) -> str:
@@ -448,7 +434,7 @@ def inspect_clip(source: str | os.PathLike, out_png: str | os.PathLike, prep: Pr
     clip, status, detail, frame = None, None, "", None
     try:
         with open_clip(source, passwords=passwords, tmp_dir=tmp_dir) as path:
-            clip = _features(Path(path), prep, source, tmp_dir)
+            clip = extract_clip_features(path, prep.params, prep.mfcc_frames, tmp_dir=tmp_dir, source_label=source)
             if clip.status == "ok":
                 index = int(evenly_spaced_indices(clip.info["video_frames"], prep.params.n_frames)[0])
                 try:
