@@ -445,10 +445,6 @@ def prepare(args, plots_dir: Path | None = None):
         print(f"[data] demo dataset: {data_dir}")
     else:
         data_dir = args.data_dir
-    if plots_dir is not None:  # a run folder's plots: record the data in the run folder
-        from search.runs import save_data_origin
-        Path(plots_dir).parent.mkdir(parents=True, exist_ok=True)
-        save_data_origin(Path(plots_dir).parent, data_dir, demo=args.data_dir is None)
     passwords = _passwords(args)
     tmp_dir = args.cache_dir / "tmp"
     remove_stale_temporaries(tmp_dir)  # left by a killed job
@@ -553,11 +549,13 @@ def cmd_search(args, retrain: bool = False) -> int:
         print(f"[search] worker {role.worker_id}: the chief has no trials left; it retrains and reports")
         return 0
     from fi_data.locks import FolderLock
+    from search.runs import save_data_origin
 
     with FolderLock(run_dir, "run folder"):  # one search of a run folder at a time (workers share it)
         if retrain and _reprint_finished(run_dir, config, args):
             return 0
-        cache, _ = prepare(args, plots_dir=run_dir / "plots")
+        cache, discovery = prepare(args, plots_dir=run_dir / "plots")
+        save_data_origin(run_dir, discovery.root, demo=args.data_dir is None)
         result = run_search(cache, run_dir, config)
         print(f"[search] stopped by {result.stopped_by} after {result.elapsed_s:.0f} s; "
               f"best validation 1-MAE {result.best.score:.4f} (trial {result.best.trial_id})")
@@ -666,7 +664,8 @@ def cmd_retrain(args) -> int:
             if origin is not None:
                 save_data_origin(run_dir, origin["data_dir"], demo=origin["demo"])
         else:
-            cache, _ = prepare(args, plots_dir=Path(run_dir) / "plots")
+            cache, discovery = prepare(args, plots_dir=Path(run_dir) / "plots")
+            save_data_origin(run_dir, discovery.root, demo=args.data_dir is None)
         metrics = retrain_and_evaluate(cache, run_dir, best, config,
                                        **_variation_args(args, source if source.is_dir() else run_dir))
         _make_run_folder(run_dir, source, config, best, cache)
