@@ -271,7 +271,7 @@ def test_missing_ffmpeg_gives_one_clear_error(clips, tmp_path, monkeypatch):
 
 
 BUILD_SCRIPT = """
-import contextlib, json, sys, time
+import contextlib, json, signal, sys, time
 from pathlib import Path
 import pandas as pd
 sys.path.insert(0, {root!r})
@@ -279,10 +279,13 @@ from fi_data.cache import build_cache
 
 @contextlib.contextmanager
 def slow_open(source):  # slow enough to interrupt mid-run
-    time.sleep(0.3)
+    time.sleep(1.0)
     yield Path(source)
 
 if __name__ == "__main__":
+    # A shell's background job inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: restore Python's handler so that the test's Ctrl-C always lands.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     table = pd.DataFrame(json.loads(Path(sys.argv[1]).read_text()))
     build_cache(table, sys.argv[2], open_clip=slow_open, workers=int(sys.argv[3]), progress=False)
 """
