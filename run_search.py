@@ -23,9 +23,14 @@ This file only parses arguments and orchestrates the stages of the toolkit (``fi
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 from pathlib import Path
+
+from fi_data.params import CLI_PREPROCESSING, PreprocessParams
+from fi_data.settings import add_setting_arguments, default_of, duration, positive_int, setting_values
+from search.config import SearchConfig
 
 ROOT = Path(__file__).resolve().parent
 COMMANDS = ("run", "prepare", "search", "retrain", "predict", "baselines", "compare", "inspect")
@@ -33,24 +38,25 @@ DEFAULT_RUNS_DIR = ROOT / "tuner_runs"
 DEFAULT_CACHE_DIR = ROOT / ".fi_cache"
 
 # The demo job is sized to finish in about 15 minutes on a 2-core CPU (README).
-DEMO_SEARCH_DEFAULTS = {"max_epochs": 9, "factor": 3, "time_budget": 420.0, "batch_sizes": "16,32"}
+DEMO_SEARCH_DEFAULTS = {"max_epochs": 9, "time_budget": 420.0, "batch_sizes": "16,32"}
 DEMO_CHOICES = {"vgg_width": [8, 16], "vgg_depth": [3, 2, 4], "fusion_units": [64, 128],
                 "temporal_units": [32, 64]}
 """Hyperparameter choices the demo narrows to, so a trial takes seconds on a 2-core CPU."""
-REAL_SEARCH_DEFAULTS = {"max_epochs": 30, "factor": 3, "time_budget": None, "batch_sizes": "32,16,64"}
+SEARCH_SETTINGS = ("tuner", "factor", "hyperband_iterations", "max_trials", "executions_per_trial", "crop_size",
+                   "augment", "audio_masking", "allow_resnet", "early_stopping_patience", "max_consecutive_failures",
+                   "worker_timeout_s", "strategy", "overwrite", "verbose", "retrain_epochs", "train_on_train_plus_val")
+"""The ``SearchConfig`` settings whose flags are made from their fields (``fi_data.settings``); the
+others (max_epochs, time budget, batch sizes, seed, --fix/--choices, trials per process) have
+demo-or-real defaults or a syntax of their own, resolved in :func:`search_config`."""
+REAL_SEARCH_DEFAULTS = {"max_epochs": default_of(SearchConfig, "max_epochs"), "time_budget": None,
+                        "batch_sizes": ",".join(map(str, default_of(SearchConfig, "batch_sizes")))}
+"""Real data: the :class:`search.config.SearchConfig` defaults (no time budget)."""
 
 
 PASSWORDS_HELP = ("passwords of encrypted archives: 'PW' for all, or 'ARCHIVE=PW,ARCHIVE=PW' (names may be globs "
                   "such as 'test80_*.zip'). Also read from the FI_PASSWORDS environment variable (same syntax) "
                   "and --passwords-file")
 PASSWORDS_FILE_HELP = "file with one 'ARCHIVE=PW' per line ('*=PW' for all); '#' starts a comment"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def _positive_ints(text: str) -> str:
@@ -64,36 +70,19 @@ def _positive_ints(text: str) -> str:
     return text
 
 
-def _duration(text: str) -> float:
-    """Seconds from '900', '900s', '15m' or '1.5h'."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        if text[-1:].lower() in units:
-            value = float(text[:-1]) * units[text[-1].lower()]
-        else:
-            value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a duration like 900, 15m or 1.5h, got {text!r}") from None
-    if not 0 < value < float("inf"):  # NaN fails too
-        raise argparse.ArgumentTypeError(f"a duration must be positive and finite, got {text!r}")
-    return value
-
-
 def _fixed_value(text: str):
-    """'name=value' with value parsed as int, float, bool or left a string."""
+    """'name=value', the value read as a Python number or bool literal (``ast.literal_eval``:
+    3, 0.001, 1e-3, True; 'true'/'false' in any case), else kept as text ('vgg')."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     name, raw = text.split("=", 1)
-    value = raw
-    for cast in (int, float):
-        try:
-            value = cast(raw)
-            break
-        except ValueError:
-            pass
-    if raw.lower() in ("true", "false"):
-        value = raw.lower() == "true"
-    return name.strip(), value
+    if raw.strip().lower() in ("true", "false"):
+        return name.strip(), raw.strip().lower() == "true"
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        return name.strip(), raw
+    return name.strip(), value if isinstance(value, (int, float)) else raw
 
 
 def _choices_value(text: str):
@@ -131,40 +120,23 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preprocessing (feature cache)")
     g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                    help=f"folder of feature caches, one sub-folder per parameter hash (default: {DEFAULT_CACHE_DIR.name}/)")
-    g.add_argument("--workers", type=_positive_int, default=None,
+    g.add_argument("--workers", type=positive_int, default=None,
                    help="processes decoding clips in parallel (default: number of CPU cores)")
-    g.add_argument("--representation", default="mfcc", choices=("mfcc", "mean_mfcc", "logmel"),
-                   help="audio input: MFCC matrix (N, M, 1) (default), mean-MFCC vector (N, 1), or "
-                        "log-mel spectrogram in dB (n_mels, M, 1)")
-    g.add_argument("--sample-rate", type=_positive_int, default=16000, help="audio sample rate in Hz after "
-                   "mixing down to mono (default: 16000)")
-    g.add_argument("--n-mfcc", type=_positive_int, default=24, help="MFCC coefficients N (default: 24)")
-    g.add_argument("--n-mels", type=_positive_int, default=64, help="mel bands (default: 64)")
-    g.add_argument("--n-fft", type=_positive_int, default=512, help="FFT window in samples (default: 512 = 32 ms at 16 kHz)")
-    g.add_argument("--hop-length", type=_positive_int, default=256,
-                   help="hop between audio frames in samples (default: 256 = 16 ms at 16 kHz)")
-    g.add_argument("--n-frames", type=_positive_int, default=6, help="video frames per clip (default: 6)")
+    add_setting_arguments(g, PreprocessParams, CLI_PREPROCESSING)
 
 
 def _add_search_args(p: argparse.ArgumentParser, retrain: bool = True) -> None:
     g = p.add_argument_group("search")
-    g.add_argument("--tuner", default="hyperband", choices=("hyperband", "random", "bayesian"),
-                   help="Keras Tuner algorithm (default: hyperband)")
-    g.add_argument("--max-epochs", type=_positive_int, default=None,
+    add_setting_arguments(g, SearchConfig, ["tuner"])
+    g.add_argument("--max-epochs", type=positive_int, default=None,
                    help="most epochs one model trains (Hyperband max_epochs; epochs per trial for random/"
                         "bayesian). Default: with a time budget, planned from measured epoch costs so that "
                         "a full Hyperband bracket fits (the plan is printed); without one, "
                         f"{DEMO_SEARCH_DEFAULTS['max_epochs']} on the demo, "
                         f"{REAL_SEARCH_DEFAULTS['max_epochs']} on real data. Given, it wins (with a warning "
                         "when it cannot fit the budget)")
-    g.add_argument("--factor", type=_positive_int, default=3, help="Hyperband reduction factor (default: 3)")
-    g.add_argument("--hyperband-iterations", type=_positive_int, default=1,
-                   help="Hyperband iterations (default: 1)")
-    g.add_argument("--max-trials", type=_positive_int, default=20,
-                   help="trials of random/bayesian search (default: 20; Hyperband ignores it)")
-    g.add_argument("--executions-per-trial", type=_positive_int, default=1,
-                   help="models trained per trial; its score is their mean (default: 1)")
-    g.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+    add_setting_arguments(g, SearchConfig, ["factor", "hyperband_iterations", "max_trials", "executions_per_trial"])
+    g.add_argument("--time-budget", type=duration, default=None, metavar="DURATION",
                    help="the search's deadline (e.g. 900, 15m, 2h): no trial starts after it, the running "
                         "trial stops at the end of its epoch; then the best so far is retrained (its own "
                         "limit: --retrain-epochs) and reported. Default: 7m on the demo, none on real data")
@@ -173,15 +145,7 @@ def _add_search_args(p: argparse.ArgumentParser, retrain: bool = True) -> None:
                    help="batch sizes the search chooses from, the first being the default "
                         f"(default: {DEMO_SEARCH_DEFAULTS['batch_sizes']} on the demo, "
                         f"{REAL_SEARCH_DEFAULTS['batch_sizes']} on real data)")
-    g.add_argument("--crop-size", type=_positive_int, default=128,
-                   help="side of the square frame crop in pixels: random while training, center "
-                        "for validation/test (default: 128)")
-    g.add_argument("--no-augment", action="store_true",
-                   help="no training augmentation (random crop becomes center crop; no flip or jitter)")
-    g.add_argument("--audio-masking", action="store_true",
-                   help="time/frequency masking of MFCC/log-mel audio while training")
-    g.add_argument("--allow-resnet", action="store_true",
-                   help="offer ResNet50 (random init) as a visual backbone: slow on a CPU")
+    add_setting_arguments(g, SearchConfig, ["crop_size", "augment", "audio_masking", "allow_resnet"])
     g.add_argument("--fix", type=_fixed_value, action="append", default=[], metavar="NAME=VALUE",
                    help="hold one hyperparameter fixed, e.g. --fix backbone=vgg --fix vgg_depth=2 (repeatable)")
     g.add_argument("--choices", type=_choices_value, action="append", default=[], metavar="NAME=V1,V2,...",
@@ -189,14 +153,12 @@ def _add_search_args(p: argparse.ArgumentParser, retrain: bool = True) -> None:
                         "(repeatable; the first value is the default). The demo narrows the space to "
                         "CPU-sized models: " + " ".join(f"{k}={','.join(map(str, v))}"
                                                        for k, v in DEMO_CHOICES.items()))
-    g.add_argument("--patience", type=int, default=5,
-                   help="epochs without a better validation 1-MAE before a trial or the retraining stops (default: 5)")
+    add_setting_arguments(g, SearchConfig, ["early_stopping_patience"])
     g.add_argument("--trials-per-process", type=int, default=10, metavar="N",
                    help="run trials in fresh child processes of at most N trials each, resuming the same "
                         "project, so memory stays bounded over long searches (TensorFlow grows ~30 MiB per "
                         "trial in one process); 0 runs every trial in this process (default: 10)")
-    g.add_argument("--max-consecutive-failures", type=_positive_int, default=3,
-                   help="stop the search after this many failed trials in a row (default: 3)")
+    add_setting_arguments(g, SearchConfig, ["max_consecutive_failures"])
     g = p.add_argument_group(
         "distributed tuning",
         "One search on several processes or machines (Keras Tuner's chief/worker mode over gRPC): run the "
@@ -210,13 +172,7 @@ def _add_search_args(p: argparse.ArgumentParser, retrain: bool = True) -> None:
     g.add_argument("--worker-id", default=None,
                    help="this worker's id, unique among the workers (default: worker-<host>-<pid>); a worker "
                         "restarted with its old id resumes its unfinished trial")
-    g.add_argument("--worker-timeout", type=_duration, default=120.0, metavar="DURATION",
-                   help="chief: give a worker's trial to another worker after this long without a heartbeat "
-                        "from it, e.g. when it was killed (default: 120s)")
-    g.add_argument("--strategy", default="default", choices=("default", "mirrored"),
-                   help="train each trial with TensorFlow's default strategy (one device) or "
-                        "tf.distribute.MirroredStrategy over every GPU of this machine; the batch size is then "
-                        "the global batch (default: default)")
+    add_setting_arguments(g, SearchConfig, ["worker_timeout_s", "strategy"])
     if retrain:
         _add_retrain_args(p)
     g = p.add_argument_group("run folder")
@@ -225,26 +181,20 @@ def _add_search_args(p: argparse.ArgumentParser, retrain: bool = True) -> None:
     g.add_argument("--run-name", default=None,
                    help="run folder name (default: 'demo', or '<data folder name>-<split>'); "
                         "rerunning the same command resumes this run")
-    g.add_argument("--overwrite", action="store_true", help="delete the run folder's results and start over")
+    add_setting_arguments(g, SearchConfig, ["overwrite"])
     g.add_argument("--continue", dest="continue_search", action="store_true",
                    help="search on in a FINISHED run (retrained and reported) with a new time budget, then "
                         "retrain again; without it, rerunning a finished run only prints its summary")
-    g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
-                   help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch and TensorFlow's "
-                        "start-up lines (default: 1)")
+    add_setting_arguments(g, SearchConfig, ["verbose"])
 
 
 def _add_retrain_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("retraining the best configuration")
-    g.add_argument("--retrain-epochs", type=_positive_int, default=None,
-                   help="epochs of the retraining, with early stopping on validation (default: 3 x --max-epochs, "
-                        "each model stopping after half the time budget when there is one)")
-    g.add_argument("--train-on-train-val", action="store_true",
-                   help="retrain on train + validation (no early stopping; the best trial's epoch count)")
-    g.add_argument("--retrain-seeds", type=_positive_int, default=1, metavar="K",
+    add_setting_arguments(g, SearchConfig, ["retrain_epochs", "train_on_train_plus_val"])
+    g.add_argument("--retrain-seeds", type=positive_int, default=1, metavar="K",
                    help="retrain the best configuration with K seeds (--seed, --seed+1, ...); the report gives "
                         "their mean and SD and the one best on validation is saved (default 1)")
-    g.add_argument("--ensemble-top", type=_positive_int, default=1, metavar="K",
+    g.add_argument("--ensemble-top", type=positive_int, default=1, metavar="K",
                    help="deliver the average of the K best distinct configurations of the search, each "
                         "retrained once, as one model; the report compares it with the best alone (default 1: "
                         "no ensemble; needs a run folder's top_hyperparameters.json)")
@@ -290,12 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "retrain --from and predict --run accept")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished retraining in the output folder (default: refuse)")
-    p.add_argument("--max-epochs", type=_positive_int, default=None,
+    p.add_argument("--max-epochs", type=positive_int, default=None,
                    help="the search's max_epochs, whose multiple caps the retraining when --retrain-epochs is not "
                         "given (default: the run's)")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
-                   help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch and TensorFlow's "
-                        "start-up lines (default: 1)")
+    add_setting_arguments(p, SearchConfig, ["verbose"])
     _add_retrain_args(p)
     _add_data_args(p)
 
@@ -311,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out (default: refuse)")
     p.add_argument("--passwords", default=None, metavar="SPEC", help=PASSWORDS_HELP)
     p.add_argument("--passwords-file", type=Path, default=None, metavar="FILE", help=PASSWORDS_FILE_HELP)
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="clips per prediction batch (default: 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="clips per prediction batch (default: 16)")
 
     p = sub.add_parser("baselines", help="the mean and identity-lookup baselines per split, from labels alone",
                        description="Read the annotation pickles (or their archives; no videos needed) and print, "
@@ -468,21 +416,16 @@ def preprocess_params(args):
     Raises:
         fi_data.errors.UserError: for settings ``PreprocessParams`` refuses.
     """
-    from fi_data.cache import PreprocessParams
     from fi_data.errors import UserError
 
     try:
-        return PreprocessParams(sample_rate=args.sample_rate, representation=args.representation,
-                                n_mfcc=args.n_mfcc, n_mels=args.n_mels, n_fft=args.n_fft,
-                                hop_length=args.hop_length, n_frames=args.n_frames)
+        return PreprocessParams(**setting_values(args, CLI_PREPROCESSING))
     except ValueError as e:
         raise UserError(f"preprocessing settings: {e}") from e
 
 
 def search_config(args):
     """The ``SearchConfig`` for parsed ``run``/``search`` arguments (demo or real defaults)."""
-    from search.config import SearchConfig
-
     defaults = DEMO_SEARCH_DEFAULTS if args.data_dir is None else REAL_SEARCH_DEFAULTS
     budget = None if args.no_time_budget else (args.time_budget or defaults["time_budget"])
     batch_sizes = [int(b) for b in (args.batch_sizes or defaults["batch_sizes"]).split(",")]
@@ -493,19 +436,12 @@ def search_config(args):
     if args.crop_size > min(frames.frame_height, frames.frame_width):
         raise _user_error(f"--crop-size {args.crop_size}: larger than the cached frames "
                           f"({frames.frame_height}x{frames.frame_width} pixels); use at most {frames.frame_height}")
+    given = [name for name in SEARCH_SETTINGS if hasattr(args, name)]  # search has no retraining flags
     return SearchConfig(
-        tuner=args.tuner, max_epochs=args.max_epochs or defaults["max_epochs"], factor=args.factor,
-        plan_epochs=args.max_epochs is None,
-        hyperband_iterations=args.hyperband_iterations, max_trials=args.max_trials,
-        executions_per_trial=args.executions_per_trial, seed=args.seed or 0, time_budget_s=budget,
-        batch_sizes=tuple(batch_sizes), crop_size=args.crop_size, augment=not args.no_augment,
-        audio_masking=args.audio_masking, allow_resnet=args.allow_resnet, fixed_hyperparameters=dict(args.fix),
-        hyperparameter_choices=choices,
-        early_stopping_patience=args.patience, retrain_epochs=getattr(args, "retrain_epochs", None),
-        train_on_train_plus_val=getattr(args, "train_on_train_val", False), overwrite=args.overwrite,
-        max_consecutive_failures=args.max_consecutive_failures,
-        trials_per_process=args.trials_per_process or None, strategy=args.strategy,
-        worker_timeout_s=args.worker_timeout, verbose=args.verbose)
+        **setting_values(args, given), max_epochs=args.max_epochs or defaults["max_epochs"],
+        plan_epochs=args.max_epochs is None, seed=args.seed or 0, time_budget_s=budget,
+        batch_sizes=tuple(batch_sizes), fixed_hyperparameters=dict(args.fix), hyperparameter_choices=choices,
+        trials_per_process=args.trials_per_process or None)
 
 
 def run_dir_for(args) -> Path:
@@ -636,7 +572,7 @@ def cmd_retrain(args) -> int:
         config, best = SearchConfig(), load_best_hyperparameters(source)
         run_dir = args.run_dir or DEFAULT_RUNS_DIR / f"retrain-{source.stem}"
         cached = None
-    changes = {"train_on_train_plus_val": args.train_on_train_val or config.train_on_train_plus_val,
+    changes = {"train_on_train_plus_val": args.train_on_train_plus_val or config.train_on_train_plus_val,
                "verbose": args.verbose}
     for name, value in (("retrain_epochs", args.retrain_epochs), ("max_epochs", args.max_epochs), ("seed", args.seed)):
         if value is not None:

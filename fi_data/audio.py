@@ -39,9 +39,7 @@ import numpy as np
 from librosa import power_to_db
 from librosa.feature import melspectrogram, mfcc
 
-REPRESENTATIONS = ("mfcc", "mean_mfcc", "logmel")
-"""``mfcc``: (n_mfcc, M, 1); ``mean_mfcc``: the time-mean of the standardized MFCCs, (n_mfcc, 1);
-``logmel``: standardized log-mel spectrogram in dB, (n_mels, M, 1)."""
+from fi_data.params import REPRESENTATIONS  # noqa: F401 - defined with the settings, used here
 
 
 def n_spectral_frames(n_samples: int, hop_length: int) -> int:

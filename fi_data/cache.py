@@ -77,6 +77,7 @@ from fi_data.cache_format import (FORMAT_VERSION, MANIFEST_NAME, FeatureCache, S
                                   write_json_atomic, write_split)
 from fi_data.ffmpeg_tools import MediaError, ProbeInfo, decode_clip, ffmpeg_version, input_url, probe, require_ffmpeg
 from fi_data.locks import FolderLock
+from fi_data.params import PreprocessParams  # noqa: F401 - re-exported: callers build caches with it
 from fi_data.traits import SPLITS, TRAITS
 from fi_data.video import (CropBox, detect_bars, evenly_spaced_indices, fit_frames, is_odd_resolution,
                            source_chain)
@@ -153,89 +154,6 @@ def _check_space(folder: Path, needed: int, what: str) -> None:
         raise DiskFullError(errno.ENOSPC, f"{folder}: {what} needs {_mib(needed)} free on this disk, "
                                           f"{_mib(free)} are. Free space and rerun the same command: finished "
                                           "clips are kept")
-
-
-@dataclasses.dataclass(frozen=True)
-class PreprocessParams:
-    """Every parameter that changes the cached arrays (all of them go into the cache key).
-
-    Audio (see ``fi_data.audio``): ``sample_rate`` Hz (mono mix-down), ``representation``
-    (``"mfcc"`` -> ``(n_mfcc, M, 1)``, ``"mean_mfcc"`` -> ``(n_mfcc, 1)``, ``"logmel"`` ->
-    ``(n_mels, M, 1)``), ``n_mfcc``, ``n_fft`` / ``hop_length`` in samples, ``window``
-    (a ``scipy.signal.get_window`` name), ``n_mels`` mel bands from ``fmin`` to ``fmax`` Hz
-    (``None`` = Nyquist), ``top_db`` (dynamic range kept by ``librosa.power_to_db``),
-    ``standardize`` (``"sample"`` or ``"coefficient"``), ``std_floor`` (minimum SD, in the
-    features' dB units; real speech features vary by tens of dB), ``silence_db`` (peak dBFS
-    below which audio counts as silent; -80 dBFS is just above 16-bit audio's -96 dBFS
-    quantisation floor and below any real recording's noise), ``padding`` / ``truncating`` (``"pre"`` or ``"post"``).
-    The defaults (16 kHz, 512-sample window, 256 hop, Hann, 64 mel bands, top_db 80) are
-    explained in ``fi_data.audio``.
-
-    Video (see ``fi_data.video``): ``n_frames`` per clip, ``frame_height`` x ``frame_width``
-    pixels, ``scale_flags`` (resize algorithm by swscale's name, ``"area"``, ``"bilinear"``,
-    ``"bicubic"``, ``"lanczos"`` or ``"neighbor"``), ``skip_loop_filter`` (skip H.264 deblocking
-    when decoding; faster, changes pixels slightly).
-
-    Raises:
-        ValueError: for an unknown choice or a non-positive size (on construction).
-    """
-
-    sample_rate: int = 16000
-    representation: str = "mfcc"
-    n_mfcc: int = 24
-    n_fft: int = 512
-    hop_length: int = 256
-    window: str = "hann"
-    n_mels: int = 64
-    fmin: float = 0.0
-    fmax: float | None = None
-    top_db: float | None = 80.0
-    standardize: str = "sample"
-    std_floor: float = 1e-3
-    silence_db: float = -80.0
-    padding: str = "pre"
-    truncating: str = "pre"
-    n_frames: int = 6
-    frame_height: int = 140
-    frame_width: int = 248
-    scale_flags: str = "area"
-    skip_loop_filter: bool = True
-
-    def __post_init__(self):
-        choices = {"representation": audio_features.REPRESENTATIONS, "standardize": ("sample", "coefficient"),
-                   "padding": ("pre", "post"), "truncating": ("pre", "post")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"PreprocessParams.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("sample_rate", "n_mfcc", "n_fft", "hop_length", "n_mels", "n_frames", "frame_height",
-                     "frame_width"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PreprocessParams.{name} must be a positive integer, got {value!r}")
-        if self.n_mfcc > self.n_mels:
-            raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
-        if not self.std_floor > 0:
-            raise ValueError(f"std_floor must be > 0, got {self.std_floor!r}")
-        if self.representation == "mean_mfcc" and self.standardize == "coefficient":
-            raise ValueError("mean_mfcc with standardize='coefficient' would be all zeros (every row has mean 0); "
-                             "use standardize='sample'")
-
-    def to_dict(self) -> dict:
-        """The parameters as a JSON-ready dict (the manifest's ``params``)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessParams":
-        """Rebuild from :meth:`to_dict` output (e.g. a cache manifest's ``params``).
-
-        Raises:
-            ValueError: for keys this version does not know (the cache was made by other code).
-        """
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown preprocessing parameters {sorted(unknown)}; was the cache made by another "
-                             "version of the toolkit?")
-        return cls(**d)
 
 
 SHORT_CLIP_PADDED_SHARE = 0.5

@@ -49,10 +49,10 @@ from fi_data.archives import LOCATOR_SEP, ArchiveError, clear_spools, open_clip,
 from fi_data.cache import CLIP_FLAGS, ClipFeatures, PreprocessParams, extract_clip_features
 from fi_data.discovery import find_videos
 from fi_data.errors import UserError
+from fi_data.params import CROP_SIZE
 from fi_data.ffmpeg_tools import MediaError, decode_clip
 from fi_data.video import CropBox, evenly_spaced_indices, fit_geometry, source_chain
 
-DEFAULT_CROP_SIZE = 128
 """The crop side (pixels) used without ``--run``: ``run_search.py``'s ``--crop-size`` default."""
 
 DPI = 80
@@ -82,9 +82,9 @@ class Preprocessing:
 
 
 def default_preprocessing() -> Preprocessing:
-    """``PreprocessParams()``, crop :data:`DEFAULT_CROP_SIZE` and M = None (unpadded audio)."""
-    return Preprocessing(PreprocessParams(), DEFAULT_CROP_SIZE, None,
-                         f"defaults (PreprocessParams(), crop {DEFAULT_CROP_SIZE}, M = None: audio unpadded)")
+    """``PreprocessParams()``, crop :data:`CROP_SIZE` and M = None (unpadded audio)."""
+    return Preprocessing(PreprocessParams(), CROP_SIZE, None,
+                         f"defaults (PreprocessParams(), crop {CROP_SIZE}, M = None: audio unpadded)")
 
 
 def run_preprocessing(run_dir: str | os.PathLike) -> Preprocessing:

@@ -13,10 +13,58 @@ import json
 import os
 from pathlib import Path
 
+from fi_data.cache_format import write_json_atomic
 from fi_data.errors import UserError
+from fi_data.params import CROP_SIZE
+from fi_data.settings import choice_problems, duration, positive_int, setting
 
-TUNERS = ("hyperband", "random", "bayesian")
-"""Search algorithms: Keras Tuner's Hyperband (default), RandomSearch, BayesianOptimization."""
+@dataclasses.dataclass(frozen=True)
+class TunerSpec:
+    """One search algorithm: its name, what it is, and how :class:`SearchConfig` sets it up.
+
+    Attributes:
+        name: the ``--tuner`` value.
+        oracle: the Keras Tuner oracle subclass in ``search.tuner`` that runs it (by name, so
+            this module imports no Keras Tuner).
+        tuner: the Keras Tuner ``Tuner`` subclass in ``search.tuner`` that trains its trials.
+        settings: the oracle's keyword -> the :class:`SearchConfig` field that gives it (the
+            objective, seed and failure policy are common to every oracle).
+        help: a few words for ``--help``: Keras Tuner's class and what it does.
+    """
+
+    name: str
+    oracle: str
+    tuner: str
+    settings: dict
+    help: str
+
+
+TUNER_SPECS = (
+    TunerSpec("hyperband", "_HyperbandOracle", "_HyperbandTuner",
+              {"max_epochs": "max_epochs", "factor": "factor", "hyperband_iterations": "hyperband_iterations"},
+              "Hyperband, Li et al. 2018: many short trials, the best continued"),
+    TunerSpec("random", "_RandomSearchOracle", "_PlainTuner", {"max_trials": "max_trials"},
+              "RandomSearch: --max-trials trials of --max-epochs each"),
+    TunerSpec("bayesian", "_BayesianOracle", "_PlainTuner", {"max_trials": "max_trials"},
+              "BayesianOptimization: a Gaussian process picks each trial"),
+)
+"""The search algorithms, one row each; ``make_tuner``, the validation and ``--tuner`` read it."""
+
+TUNERS = tuple(spec.name for spec in TUNER_SPECS)
+"""Search algorithm names (the first is the default)."""
+
+
+def tuner_spec(name: str) -> TunerSpec:
+    """The :class:`TunerSpec` called ``name``.
+
+    Raises:
+        UserError: for a name not in :data:`TUNERS`.
+    """
+    for spec in TUNER_SPECS:
+        if spec.name == name:
+            return spec
+    raise UserError(f"tuner {name!r} is not one of {TUNERS}")
+
 
 STRATEGIES = ("default", "mirrored")
 """How one trial trains: TensorFlow's default strategy (one device), or
@@ -92,42 +140,58 @@ class SearchConfig:
         verbose: ``model.fit`` verbosity inside trials and the retraining (0, 1 or 2).
     """
 
-    tuner: str = "hyperband"
-    max_epochs: int = 20
-    factor: int = 3
-    hyperband_iterations: int = 1
-    max_trials: int = 20
-    executions_per_trial: int = 1
-    seed: int = 0
-    time_budget_s: float | None = None
-    plan_epochs: bool = False
-    batch_sizes: tuple = (32, 16, 64)
-    eval_batch_size: int = 64
-    crop_size: int = 128
-    augment: bool = True
-    audio_masking: bool = False
-    allow_resnet: bool = False
-    fixed_hyperparameters: dict = dataclasses.field(default_factory=dict)
-    hyperparameter_choices: dict = dataclasses.field(default_factory=dict)
-    early_stopping_patience: int = 5
-    retrain_epochs: int | None = None
-    train_on_train_plus_val: bool = False
-    overwrite: bool = False
-    max_consecutive_failures: int = 3
-    trials_per_process: int | None = 10
-    strategy: str = "default"
-    worker_timeout_s: float = 120.0
-    verbose: int = 0
+    tuner: str = setting(TUNERS[0], choices=TUNERS,
+                         help="Keras Tuner algorithm: " + "; ".join(f"{t.name} ({t.help})" for t in TUNER_SPECS))
+    max_epochs: int = setting(30, parse=positive_int, help="most epochs one model trains")
+    factor: int = setting(3, parse=positive_int, help="Hyperband reduction factor")
+    hyperband_iterations: int = setting(1, parse=positive_int, help="Hyperband iterations")
+    max_trials: int = setting(20, parse=positive_int, help="trials of random/bayesian search (Hyperband ignores it)")
+    executions_per_trial: int = setting(1, parse=positive_int,
+                                        help="models trained per trial; its score is their mean")
+    seed: int = setting(0, help="seed of the oracle, Keras, shuffling and augmentation")
+    time_budget_s: float | None = setting(None, help="the search's deadline in seconds")
+    plan_epochs: bool = setting(False, help="plan max_epochs from measured epoch costs")
+    batch_sizes: tuple = setting((32, 16, 64), help="batch sizes the search chooses from, the first being the default")
+    eval_batch_size: int = setting(64, help="batch size of predictions when scoring")
+    crop_size: int = setting(CROP_SIZE, parse=positive_int,
+                             help="side of the square frame crop in pixels: random while training, center for "
+                                  "validation/test")
+    augment: bool = setting(True, help="no training augmentation (random crop becomes center crop; no flip or jitter)")
+    audio_masking: bool = setting(False, help="time/frequency masking of MFCC/log-mel audio while training")
+    allow_resnet: bool = setting(False, help="offer ResNet50 (random init) as a visual backbone: slow on a CPU")
+    fixed_hyperparameters: dict = setting(default_factory=dict, help="hyperparameters held fixed")
+    hyperparameter_choices: dict = setting(default_factory=dict, help="hyperparameters searched over given values")
+    early_stopping_patience: int = setting(
+        5, flag="--patience", parse=int,
+        help="epochs without a better validation 1-MAE before a trial or the retraining stops")
+    retrain_epochs: int | None = setting(
+        None, parse=positive_int,
+        help="epochs of the retraining, with early stopping on validation",
+        default_text="3 x --max-epochs, each model stopping after half the time budget when there is one")
+    train_on_train_plus_val: bool = setting(
+        False, flag="--train-on-train-val",
+        help="retrain on train + validation (no early stopping; the best trial's epoch count)")
+    overwrite: bool = setting(False, help="delete the run folder's results and start over")
+    max_consecutive_failures: int = setting(3, parse=positive_int,
+                                            help="stop the search after this many failed trials in a row")
+    trials_per_process: int | None = setting(10, help="trials per fresh child process (None: all in this one)")
+    strategy: str = setting(STRATEGIES[0], choices=STRATEGIES,
+                            help="train each trial with TensorFlow's default strategy (one device) or "
+                                 "tf.distribute.MirroredStrategy over every GPU of this machine; the batch size is "
+                                 "then the global batch")
+    worker_timeout_s: float = setting(
+        120.0, flag="--worker-timeout", parse=duration, metavar="DURATION", default_text="120s",
+        help="chief: give a worker's trial to another worker after this long without a heartbeat from it, e.g. "
+             "when it was killed")
+    verbose: int = setting(1, parse=int, choices=(0, 1, 2),
+                           help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch and "
+                                "TensorFlow's start-up lines")
 
     def __post_init__(self):
         self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
         self.fixed_hyperparameters = dict(self.fixed_hyperparameters)
         self.hyperparameter_choices = {k: list(v) for k, v in dict(self.hyperparameter_choices).items()}
-        problems = []
-        if self.tuner not in TUNERS:
-            problems.append(f"tuner {self.tuner!r} is not one of {TUNERS}")
-        if self.strategy not in STRATEGIES:
-            problems.append(f"strategy {self.strategy!r} is not one of {STRATEGIES}")
+        problems = choice_problems(self)
         if not self.worker_timeout_s > 0:
             problems.append(f"worker_timeout_s must be > 0 seconds, got {self.worker_timeout_s!r}")
         for name in ("max_epochs", "hyperband_iterations", "max_trials", "executions_per_trial",
@@ -145,6 +209,7 @@ class SearchConfig:
         if self.retrain_epochs is not None and self.retrain_epochs < 1:
             problems.append(f"retrain_epochs must be >= 1 or None, got {self.retrain_epochs!r}")
         if not problems:  # the values need a valid crop size
+            # deferred on purpose: the hypermodel imports Keras (and this module), the parser must not
             from search.hypermodel import check_hyperparameter_values
             problems += check_hyperparameter_values(self.fixed_hyperparameters, self.hyperparameter_choices,
                                                     crop_size=self.crop_size, allow_resnet=self.allow_resnet)
@@ -172,7 +237,6 @@ class SearchConfig:
 
     def save(self, path: str | os.PathLike, **extra) -> None:
         """Write ``{"settings": to_dict(), **extra}`` to ``path`` atomically."""
-        from fi_data.cache_format import write_json_atomic
         write_json_atomic(path, {"settings": self.to_dict(), **extra})
 
     @classmethod

@@ -46,7 +46,10 @@ import tensorflow as tf
 
 from fi_data.cache_format import FeatureCache
 from fi_data.errors import UserError
+from fi_data.params import CROP_SIZE
 from fi_data.pipeline import make_dataset
+from fi_data.settings import default_of
+from search.config import SearchConfig
 from fi_models.audio import AUDIO_BRANCHES, compatible_audio_branches
 from fi_models.fusion import HEADS, STATS, build_model, compile_model, target_statistics
 from fi_models.losses import LOSSES
@@ -62,6 +65,10 @@ HYPERPARAMETERS = ("audio_branch", "backbone", "vgg_depth", "vgg_width", "tempor
                    "fusion_units", "dropout", "head", "standardize_targets", "ridge_path", "loss",
                    "learning_rate", "batch_size")
 """Names of every hyperparameter the HyperModel declares (keys of ``fixed``)."""
+
+DEFAULT_BATCH_SIZES = default_of(SearchConfig, "batch_sizes")
+"""The search's default batch sizes (``SearchConfig.batch_sizes``), the first being the default."""
+
 
 def _one_of(values):
     return (lambda v: v in values), f"one of {list(values)}"
@@ -81,7 +88,7 @@ def _float_in(low, high, *, low_open=False, high_open=False):
     return ok, f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
 
 
-def value_rules(crop_size: int = 128, allow_resnet: bool = False) -> dict:
+def value_rules(crop_size: int = CROP_SIZE, allow_resnet: bool = False) -> dict:
     """What each hyperparameter may be set to with ``--fix`` / ``--choices``.
 
     Wider than the default search ranges (``--choices vgg_width=8,16`` is fine), but the
@@ -101,7 +108,7 @@ def value_rules(crop_size: int = 128, allow_resnet: bool = False) -> dict:
     }
 
 
-def check_hyperparameter_values(fixed: dict, choices: dict, *, crop_size: int = 128,
+def check_hyperparameter_values(fixed: dict, choices: dict, *, crop_size: int = CROP_SIZE,
                                 allow_resnet: bool = False) -> list:
     """Every problem with ``--fix`` / ``--choices`` values, found before any data is read.
 
@@ -160,7 +167,7 @@ class PersonalityHyperModel(kt.HyperModel):
             no audio branch of ``fi_models`` fits the cached audio shape (naming what was expected).
     """
 
-    def __init__(self, cache: FeatureCache, *, batch_sizes=(32, 16, 64), crop_size: int = 128,
+    def __init__(self, cache: FeatureCache, *, batch_sizes=DEFAULT_BATCH_SIZES, crop_size: int = CROP_SIZE,
                  allow_resnet: bool = False, fixed: dict | None = None, choices: dict | None = None,
                  augment: bool = True,
                  audio_masking: bool = False, seed: int = 0, verbose: int = 0):

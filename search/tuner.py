@@ -56,7 +56,7 @@ from fi_data.errors import UserError
 from fi_models.metrics import ONE_MINUS_MAE
 from search import memory
 from search.checkpoints import checkpoint_bytes, prune_checkpoints
-from search.config import SearchConfig
+from search.config import SearchConfig, tuner_spec
 from search.hypermodel import PersonalityHyperModel
 from search.runs import (PROJECT_NAME, BestHyperparameters, RunPaths, prepare_run_dir, save_top_hyperparameters,
                          tensorboard_command)
@@ -325,6 +325,11 @@ def make_hypermodel(cache: FeatureCache, config: SearchConfig) -> PersonalityHyp
                                  seed=config.seed, verbose=config.verbose)
 
 
+_TUNER_CLASSES = {cls.__name__: cls for cls in (_HyperbandOracle, _RandomSearchOracle, _BayesianOracle,
+                                                 _HyperbandTuner, _PlainTuner)}
+"""The classes ``search.config.TUNER_SPECS`` names (by name, so the config imports no Keras Tuner)."""
+
+
 def make_tuner(hypermodel: kt.HyperModel, paths: RunPaths, config: SearchConfig, *,
                max_new_trials: int | None = None, deadline: float | None = None) -> kt.Tuner:
     """Create (or reload, when ``paths`` holds its project) the configured Keras Tuner tuner.
@@ -342,16 +347,11 @@ def make_tuner(hypermodel: kt.HyperModel, paths: RunPaths, config: SearchConfig,
     """
     from search.distributed import make_strategy
 
-    common = dict(objective=OBJECTIVE, seed=config.seed, max_consecutive_failed_trials=None)
-    if config.tuner == "hyperband":
-        oracle = _HyperbandOracle(max_epochs=config.max_epochs, factor=config.factor,
-                                  hyperband_iterations=config.hyperband_iterations, **common)
-        cls = _HyperbandTuner
-    elif config.tuner == "random":
-        oracle, cls = _RandomSearchOracle(max_trials=config.max_trials, **common), _PlainTuner
-    else:
-        oracle, cls = _BayesianOracle(max_trials=config.max_trials, **common), _PlainTuner
-    return cls(oracle, hypermodel, fi_config=config, fi_paths=paths, max_new_trials=max_new_trials, deadline=deadline,
+    spec = tuner_spec(config.tuner)
+    settings = {keyword: getattr(config, field) for keyword, field in spec.settings.items()}
+    oracle = _TUNER_CLASSES[spec.oracle](objective=OBJECTIVE, seed=config.seed, max_consecutive_failed_trials=None,
+                                         **settings)
+    return _TUNER_CLASSES[spec.tuner](oracle, hypermodel, fi_config=config, fi_paths=paths, max_new_trials=max_new_trials, deadline=deadline,
                executions_per_trial=config.executions_per_trial,
                distribution_strategy=make_strategy(config.strategy))
 

@@ -33,7 +33,7 @@ def _sample_value(action: argparse.Action) -> list[str]:
     for option in action.option_strings:
         if option in samples:
             return [samples[option]]
-    if action.type in (run_search._positive_int, int):
+    if action.type in (run_search.positive_int, int):
         return ["7"]
     return ["some/path"]
 

@@ -1,0 +1,118 @@
+"""The preprocessing settings: every parameter that changes the cached arrays, each defined once.
+
+:class:`PreprocessParams` is hashed into the cache key (``fi_data.cache.cache_key``), saved in
+the cache manifest and in every run folder's ``preprocessing.json``, and turned into the
+command line's preprocessing flags (``fi_data.settings``). Light on purpose (no librosa,
+no OpenCV), so ``run_search.py --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fi_data.settings import choice_problems, positive_int, setting
+
+REPRESENTATIONS = ("mfcc", "mean_mfcc", "logmel")
+"""``mfcc``: (n_mfcc, M, 1); ``mean_mfcc``: the time-mean of the standardized MFCCs, (n_mfcc, 1);
+``logmel``: standardized log-mel spectrogram in dB, (n_mels, M, 1) (see ``fi_data.audio``)."""
+
+CROP_SIZE = 128
+"""Default side, in pixels, of the square crop of the cached frames that the model sees (random
+while training, centred for validation, test and prediction): 128 of the 140-pixel frame height
+leaves 12 pixels of vertical and 120 of horizontal jitter. ``search.config.SearchConfig.crop_size``
+and every function of ``fi_data.pipeline`` default to it."""
+
+SCALE_FLAGS = ("area", "bilinear", "bicubic", "lanczos", "neighbor")
+"""Resize algorithms by swscale's name (mapped to OpenCV's interpolations in ``fi_data.video``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessParams:
+    """Every parameter that changes the cached arrays (all of them go into the cache key).
+
+    Audio (see ``fi_data.audio``): ``sample_rate`` Hz (mono mix-down), ``representation``
+    (``"mfcc"`` -> ``(n_mfcc, M, 1)``, ``"mean_mfcc"`` -> ``(n_mfcc, 1)``, ``"logmel"`` ->
+    ``(n_mels, M, 1)``), ``n_mfcc``, ``n_fft`` / ``hop_length`` in samples, ``window``
+    (a ``scipy.signal.get_window`` name), ``n_mels`` mel bands from ``fmin`` to ``fmax`` Hz
+    (``None`` = Nyquist), ``top_db`` (dynamic range kept by ``librosa.power_to_db``),
+    ``standardize`` (``"sample"`` or ``"coefficient"``), ``std_floor`` (minimum SD, in the
+    features' dB units; real speech features vary by tens of dB), ``silence_db`` (peak dBFS
+    below which audio counts as silent; -80 dBFS is just above 16-bit audio's -96 dBFS
+    quantisation floor and below any real recording's noise), ``padding`` / ``truncating`` (``"pre"`` or ``"post"``).
+    The defaults (16 kHz, 512-sample window, 256 hop, Hann, 64 mel bands, top_db 80) are
+    explained in ``fi_data.audio``.
+
+    Video (see ``fi_data.video``): ``n_frames`` per clip, ``frame_height`` x ``frame_width``
+    pixels, ``scale_flags`` (resize algorithm by swscale's name, ``"area"``, ``"bilinear"``,
+    ``"bicubic"``, ``"lanczos"`` or ``"neighbor"``), ``skip_loop_filter`` (skip H.264 deblocking
+    when decoding; faster, changes pixels slightly).
+
+    Each field's help text and allowed values are in its :func:`fi_data.settings.setting`
+    declaration; the command line's flags are made from them.
+
+    Raises:
+        ValueError: for an unknown choice or a non-positive size (on construction).
+    """
+
+    sample_rate: int = setting(16000, parse=positive_int, help="audio sample rate in Hz after mixing down to mono")
+    representation: str = setting(
+        "mfcc", choices=REPRESENTATIONS,
+        help="audio input: MFCC matrix (N, M, 1), mean-MFCC vector (N, 1), or log-mel spectrogram in dB (n_mels, M, 1)")
+    n_mfcc: int = setting(24, parse=positive_int, help="MFCC coefficients N")
+    n_fft: int = setting(512, parse=positive_int, help="FFT window in samples", default_text="512 = 32 ms at 16 kHz")
+    hop_length: int = setting(256, parse=positive_int, help="hop between audio frames in samples",
+                              default_text="256 = 16 ms at 16 kHz")
+    window: str = setting("hann", help="FFT window, a scipy.signal.get_window name")
+    n_mels: int = setting(64, parse=positive_int, help="mel bands")
+    fmin: float = setting(0.0, help="lowest mel band edge in Hz")
+    fmax: float | None = setting(None, help="highest mel band edge in Hz (None: the Nyquist frequency)")
+    top_db: float | None = setting(80.0, help="dynamic range kept by librosa.power_to_db, in dB")
+    standardize: str = setting("sample", choices=("sample", "coefficient"),
+                               help="audio standardization: over the whole sample, or per coefficient row")
+    std_floor: float = setting(1e-3, help="smallest SD used in the standardization, in the features' units")
+    silence_db: float = setting(-80.0, help="peak level in dBFS below which a clip's audio counts as silent")
+    padding: str = setting("pre", choices=("pre", "post"), help="where short audio is padded with zeros")
+    truncating: str = setting("pre", choices=("pre", "post"), help="where long audio is cut")
+    n_frames: int = setting(6, parse=positive_int, help="video frames per clip")
+    frame_height: int = setting(140, parse=positive_int, help="cached frame height in pixels")
+    frame_width: int = setting(248, parse=positive_int, help="cached frame width in pixels")
+    scale_flags: str = setting("area", choices=SCALE_FLAGS, help="resize algorithm (swscale's name)")
+    skip_loop_filter: bool = setting(True, help="skip H.264 deblocking when decoding (faster, pixels change slightly)")
+
+    def __post_init__(self):
+        problems = choice_problems(self)
+        if problems:
+            raise ValueError(f"PreprocessParams.{problems[0]}")
+        for name in ("sample_rate", "n_mfcc", "n_fft", "hop_length", "n_mels", "n_frames", "frame_height",
+                     "frame_width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PreprocessParams.{name} must be a positive integer, got {value!r}")
+        if self.n_mfcc > self.n_mels:
+            raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
+        if not self.std_floor > 0:
+            raise ValueError(f"std_floor must be > 0, got {self.std_floor!r}")
+        if self.representation == "mean_mfcc" and self.standardize == "coefficient":
+            raise ValueError("mean_mfcc with standardize='coefficient' would be all zeros (every row has mean 0); "
+                             "use standardize='sample'")
+
+    def to_dict(self) -> dict:
+        """The parameters as a JSON-ready dict (the manifest's ``params``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessParams":
+        """Rebuild from :meth:`to_dict` output (e.g. a cache manifest's ``params``).
+
+        Raises:
+            ValueError: for keys this version does not know (the cache was made by other code).
+        """
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown preprocessing parameters {sorted(unknown)}; was the cache made by another "
+                             "version of the toolkit?")
+        return cls(**d)
+
+
+CLI_PREPROCESSING = ("representation", "sample_rate", "n_mfcc", "n_mels", "n_fft", "hop_length", "n_frames")
+"""The preprocessing settings the command line offers (in ``--help`` order); the others keep their defaults."""
