@@ -1,11 +1,13 @@
 """Score new clips with a finished run: exactly the preprocessing the model was trained with.
 
 ``preprocessing.json`` in the run folder records the cache parameters (sample rate, MFCC
-settings, frame count and size), M (the padded MFCC length) and the crop size; each clip goes
-through :func:`fi_data.cache.extract_clip_features` (the cache's own code) and
-:func:`fi_data.pipeline.prepare_clip` (the validation/test transform), then
-``best_model.keras`` predicts the five traits. A clip that cannot be read gets its reason and
-the others are still scored.
+settings, frame count and size) and M (the padded MFCC length); each clip goes through
+:func:`fi_data.cache.extract_clip_features` (the cache's own code), and ``best_model.keras``
+takes its arrays as they are: the center crop and the scaling are the model's first layer
+(``fi_models.serving``). Run folders of older versions, whose model takes float crops, still
+work: their crop is replayed with :func:`fi_data.pipeline.prepare_clip` (the validation/test
+transform) and the recorded crop size. A clip that cannot be read gets its reason and the
+others are still scored.
 """
 
 from __future__ import annotations
@@ -88,9 +90,16 @@ def predict_clips(run_dir: str | os.PathLike, inputs, *, passwords=None, batch_s
 
 def _predict(model, record: dict, inputs, passwords, batch_size: int, tmp_dir: Path) -> pd.DataFrame:
     from fi_data.pipeline import prepare_clip
+    from fi_models.serving import takes_cached_frames
 
     params = PreprocessParams.from_dict(record["cache_params"])
     mfcc_frames, crop_size = record.get("mfcc_frames_mean"), int(record["crop_size"])
+    if takes_cached_frames(model):  # the model crops and scales: the cached arrays go in as they are
+        def model_input(clip):
+            return clip.audio[None], clip.frames[None]
+    else:  # a run folder of an older version: its model takes float crops, replay them
+        def model_input(clip):
+            return prepare_clip(clip.audio, clip.frames, crop_size)
     videos, problems = find_videos(inputs, passwords, tmp_dir=tmp_dir)
     if not videos and not problems:
         raise UserError(f"no .mp4 clip found in {[str(p) for p in inputs]}")
@@ -122,7 +131,7 @@ def _predict(model, record: dict, inputs, passwords, batch_size: int, tmp_dir: P
             detail = clip.detail.strip().splitlines()[0] if clip.detail.strip() else ""
             row["status"] = clip.status + (f": {detail}" if detail else "")
             continue
-        audio, video = prepare_clip(clip.audio, clip.frames, crop_size)
+        audio, video = model_input(clip)
         pending.append((row, audio, video))
         if len(pending) >= batch_size:
             flush()

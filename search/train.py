@@ -24,6 +24,7 @@ from fi_data.pipeline import make_dataset
 from fi_data.traits import SPLITS, TRAITS
 from fi_models.fusion import OUTPUT_NAME
 from fi_models.metrics import score_predictions
+from fi_models.serving import SERVING_FRAMES_INPUT, serving_model
 from search.baselines import ridge_baseline
 from search.config import SearchConfig
 from search.evaluation import cluster_bootstrap, identity_lookup_predictions
@@ -141,10 +142,9 @@ def preprocessing_record(cache: FeatureCache, hypermodel: PersonalityHyperModel)
         "inputs": {
             "audio": {"name": "audio", "shape": list(hypermodel.audio_shape), "dtype": "float32",
                       "note": "the cache's audio representation (see cache_params)"},
-            "video": {"name": "video", "shape": list(hypermodel.video_shape), "dtype": "float32",
-                      "range": [0.0, 1.0],
-                      "note": "center crop of the cached frames, scaled to [0, 1]: "
-                              "fi_data.pipeline.prepare_clip(audio, frames, crop_size)"},
+            "frames": {"name": SERVING_FRAMES_INPUT, "shape": list(cache.frame_shape), "dtype": "uint8",
+                       "note": "the cached frames as they are: the model center-crops (crop_size) and scales "
+                               "them to [0, 1] in its first layer (fi_models.serving)"},
         },
         "output": {"shape": [len(TRAITS)], "traits": list(TRAITS), "units": "label units, [0, 1]"},
         "crop_size": hypermodel.crop_size,
@@ -233,7 +233,7 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
         members.append(_fit_one(hypermodel, _as_best(values), config, config.seed,
                                 paths.retrain_tensorboard / f"ensemble{k}")["model"])
     delivered = averaging_model([model, *members]) if members else model
-    _save_model(delivered, paths.best_model)
+    _save_model(serving_model(delivered, cache.audio_shape, cache.frame_shape, hypermodel.crop_size), paths.best_model)
     write_json_atomic(paths.preprocessing, preprocessing_record(cache, hypermodel))
     hist = pd.DataFrame(history.history)
     hist.insert(0, "epoch", np.asarray(history.epoch) + 1)

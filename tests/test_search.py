@@ -144,18 +144,23 @@ def test_metrics_match_the_saved_model_and_the_baseline(job, cache):
                 1 - np.abs(y[:, i] - train_mean[i]).mean(), abs=1e-6)
             assert scores[trait]["spread"] == pytest.approx(pred[:, i].std() / y[:, i].std(), rel=1e-4)
         assert scores["mean"]["one_minus_mae"] == pytest.approx(1 - np.abs(y - pred).mean(), abs=1e-6)
-    # The saved model reloads and reproduces the test predictions from center crops.
+    # The saved model reloads and reproduces the test predictions from the cached arrays as they
+    # are (uint8 frames): its first layer is the center crop and scaling, which the crop of the
+    # inner model's input gives by hand.
     model = keras.models.load_model(paths.best_model)
     test = cache.split("test")
     preprocessing = json.loads(paths.preprocessing.read_text())
     crop = preprocessing["crop_size"]
     assert crop == 32 and preprocessing["mfcc_frames_mean"] == 20
     assert preprocessing["audio_shape"] == [24, 20, 1] and preprocessing["frame_shape"] == [6, 36, 36, 3]
-    top = (36 - crop) // 2
-    video = np.asarray(test.frames)[:, :, top:top + crop, top:top + crop, :].astype(np.float32) / 255.0
-    reloaded = model.predict((np.asarray(test.audio), video), verbose=0)
+    assert preprocessing["inputs"]["frames"]["dtype"] == "uint8"
+    reloaded = model.predict((np.asarray(test.audio), np.asarray(test.frames)), verbose=0)
     test_rows = predictions[predictions["split"] == "test"][[f"pred_{t}" for t in TRAITS]].to_numpy()
     assert reloaded == pytest.approx(test_rows, abs=1e-5)
+    top = (36 - crop) // 2
+    video = np.asarray(test.frames)[:, :, top:top + crop, top:top + crop, :].astype(np.float32) / 255.0
+    inner = model.get_layer(next(layer.name for layer in model.layers if isinstance(layer, keras.Model)))
+    assert inner.predict((np.asarray(test.audio), video), verbose=0) == pytest.approx(test_rows, abs=1e-5)
     assert metrics["trained_on"] == ["train"] and metrics["epochs"] == 2
     history = pd.read_csv(paths.history)
     assert len(history) == metrics["epochs_trained"] == 2
