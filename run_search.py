@@ -473,20 +473,20 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_search(args, retrain: bool = False) -> int:
+    # Imported here, not at the top, so that --help stays instant (no TensorFlow).
+    from fi_data.locks import FolderLock
+    from search.distributed import run_worker
+    from search.job import retrain_and_report, run_search
+    from search.runs import save_data_origin
     from search.summary import format_summary
-    from search.tuner import run_search
 
     config = search_config(args)  # validate settings before any long work
     run_dir = run_dir_for(args)
     role = distributed_role(args)
     if role.kind == "worker":  # runs trials only; the chief retrains and reports
-        from search.distributed import run_worker
         run_worker(run_dir, config, lambda: prepare(args)[0])
         print(f"[search] worker {role.worker_id}: the chief has no trials left; it retrains and reports")
         return 0
-    from fi_data.locks import FolderLock
-    from search.runs import save_data_origin
-
     with FolderLock(run_dir, "run folder"):  # one search of a run folder at a time (workers share it)
         if retrain and _reprint_finished(run_dir, config, args):
             return 0
@@ -498,11 +498,7 @@ def cmd_search(args, retrain: bool = False) -> int:
         if not retrain:
             print(f"[search] best hyperparameters: {result.paths.best_hyperparameters}")
             return 0
-        from search.report import write_report
-        from search.train import retrain_and_evaluate
-
-        metrics = retrain_and_evaluate(cache, run_dir, result.best, result.config, **_variation_args(args, run_dir))
-        write_report(run_dir)
+        metrics = retrain_and_report(cache, run_dir, result.best, result.config, **_variation_args(args, run_dir))
     print(format_summary(metrics, run_dir))
     return 0
 
@@ -512,6 +508,7 @@ def _reprint_finished(run_dir: Path, config, args) -> bool:
     search settings and return True, unless ``--overwrite`` or ``--continue`` asks for work."""
     import json
 
+    # Deferred like every import of a command (--help stays instant).
     from search.runs import RunPaths, load_run
     from search.summary import format_summary
 
@@ -554,11 +551,12 @@ def cmd_run(args) -> int:
 def cmd_retrain(args) -> int:
     import dataclasses
 
-    from search.config import SearchConfig
-    from search.report import write_report
+    # Imported here, not at the top, so that --help stays instant (no TensorFlow).
+    from fi_data.cache_format import open_cache
+    from fi_data.locks import FolderLock
+    from search.job import retrain_and_report
     from search.runs import load_best_hyperparameters, load_data_origin, load_run, save_data_origin
     from search.summary import format_summary
-    from search.train import retrain_and_evaluate
 
     source = Path(args.source)
     if source.is_dir():
@@ -589,11 +587,8 @@ def cmd_retrain(args) -> int:
     print(f"[retrain] rebuilding the configuration of {origin}"
           + (f" (validation 1-MAE {best.score:.4f})" if best.score is not None else "") + f" into {run_dir}: "
           + ", ".join(f"{k}={v}" for k, v in sorted(best.values.items())), flush=True)
-    from fi_data.locks import FolderLock
-
     with FolderLock(run_dir, "run folder"):
         if cached is not None and args.data_dir is None and (cached / "manifest.json").is_file():
-            from fi_data.cache_format import open_cache
             cache = open_cache(cached)  # the cache the run searched on
             print(f"[data] feature cache of the run: {cache.path}")
             origin = load_data_origin(source)
@@ -602,30 +597,10 @@ def cmd_retrain(args) -> int:
         else:
             cache, discovery = prepare(args, plots_dir=Path(run_dir) / "plots")
             save_data_origin(run_dir, discovery.root, demo=args.data_dir is None)
-        metrics = retrain_and_evaluate(cache, run_dir, best, config,
-                                       **_variation_args(args, source if source.is_dir() else run_dir))
-        _make_run_folder(run_dir, source, config, best, cache)
-        write_report(run_dir)
+        metrics = retrain_and_report(cache, run_dir, best, config, source=source,
+                                     **_variation_args(args, source if source.is_dir() else run_dir))
     print(format_summary(metrics, run_dir))
     return 0
-
-
-def _make_run_folder(run_dir: Path, source: Path, config, best, cache) -> None:
-    """Give a retraining's output folder what a run folder has (``config.json``,
-    ``best_hyperparameters.json``, the ranked configurations), so that ``retrain --from`` and
-    ``predict --run`` accept it. Nothing is rewritten when it retrained in place."""
-    import shutil
-
-    from search.runs import RunPaths, cache_identity
-
-    out = RunPaths(run_dir)
-    if source.is_dir() and source.resolve() == run_dir.resolve():
-        return
-    config.save(out.config, cache=cache_identity(cache), retrained_from=str(source))
-    best.save(out.best_hyperparameters)
-    ranked = RunPaths(source).top_hyperparameters if source.is_dir() else None
-    if ranked is not None and ranked.is_file():
-        shutil.copyfile(ranked, out.top_hyperparameters)
 
 
 def cmd_predict(args) -> int:

@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 
 from fi_data.cache_format import write_synthetic_cache  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
-from search.tuner import run_search  # noqa: E402
+from search.job import run_search  # noqa: E402
 
 
 def summarize(label: str, trials: pd.DataFrame, elapsed: float) -> dict:

@@ -10,30 +10,42 @@ trials. The parent only waits; the children's output goes to the same terminal.
 A distributed worker (``search.distributed.run_worker``) runs its trials the same way: the
 children inherit its ``KERASTUNER_*`` environment and ask the chief for their trials.
 
-The child is ``python -m search.chunked CACHE_DIR RUN_DIR [--max-new-trials N]
-[--deadline T] [--settings JSON] [--parent-pid PID]`` (``T``: the search's deadline in ``time.time()`` seconds); it reads the settings from ``RUN_DIR/config.json``,
-replaces those given in ``--settings`` (:data:`PROCESS_SETTINGS` of the parent) and exits
-with one of :data:`EXIT_CODES`. With ``--parent-pid`` it dies with its parent
-(:func:`die_with_parent`).
+A runner above the engine (``search.tuner``). The child is started like every search
+process, ``python -m search.entry trials CACHE_DIR RUN_DIR --max-new-trials N [--deadline T]
+--settings JSON --parent-pid PID`` (``search.entry``: ``T`` is the search's deadline in
+``time.time()`` seconds; the child dies with its parent and imports TensorFlow quietly); it
+runs :func:`run_trials`: the settings of ``RUN_DIR/config.json``, those given in
+``--settings`` (:data:`PROCESS_SETTINGS` of the parent) replaced, and it exits with one of
+:data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import dataclasses
-import json
-import os
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-from fi_data.cache_format import FeatureCache
-from fi_data.errors import StoppedError
+if __name__ == "__main__":  # ``python -m search.chunked ARGS``, the older spelling of ``search.entry trials ARGS``:
+    # handed over before the imports below, so that search.entry imports TensorFlow quietly first.
+    from search.entry import main as _main
+    sys.exit(_main(["trials", *sys.argv[1:]]))
 
-EXIT_CODES = {"search_finished": 0, "trial_limit": 10, "time_budget": 11, "search_failed": 12}
+import dataclasses  # noqa: E402 - after the hand-over above
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from fi_data.cache_format import FeatureCache  # noqa: E402
+from fi_data.errors import StoppedError  # noqa: E402
+from search.config import SearchConfig  # noqa: E402
+from search.runs import RunPaths  # noqa: E402
+from search.tuner import SearchFailedError, StopReason, make_hypermodel, search_in_process  # noqa: E402
+
+SEARCH_FAILED = "search_failed"
+"""A child's exit reason besides the :class:`~search.tuner.StopReason`: too many consecutive failures."""
+
+EXIT_CODES = {StopReason.SEARCH_FINISHED: 0, StopReason.TRIAL_LIMIT: 10, StopReason.TIME_BUDGET: 11,
+              SEARCH_FAILED: 12}
 """Exit status of a child for each way it can stop (any other status: it crashed)."""
 
 PROCESS_SETTINGS = ("strategy", "verbose")
@@ -54,32 +66,31 @@ def search_in_processes(cache: FeatureCache, paths, config, *, deadline: float |
             no budget).
 
     Returns:
-        ``"search_finished"`` or ``"time_budget"``.
+        ``StopReason.SEARCH_FINISHED`` or ``StopReason.TIME_BUDGET``.
 
     Raises:
         search.tuner.SearchFailedError: a child stopped after too many consecutive failures.
         fi_data.errors.StoppedError: a child crashed or was killed (its output says why; rerun to
             resume).
     """
-    from search.tuner import SearchFailedError
-
     codes = {code: reason for reason, code in EXIT_CODES.items()}
     print(f"[search] trials run in fresh processes of at most {config.trials_per_process} "
           "(memory stays bounded)", flush=True)
     while True:
-        command = [sys.executable, "-m", "search.chunked", str(Path(cache.path).resolve()),
+        if deadline is not None and time.time() >= deadline:
+            return StopReason.TIME_BUDGET
+        # A search process, started the one way (search.entry); it must not outlive this one.
+        command = [sys.executable, "-m", "search.entry", "trials", str(Path(cache.path).resolve()),
                    str(paths.root.resolve()), "--max-new-trials", str(config.trials_per_process),
-                   "--settings", json.dumps({k: getattr(config, k) for k in PROCESS_SETTINGS})]
+                   "--settings", json.dumps({k: getattr(config, k) for k in PROCESS_SETTINGS}),
+                   "--parent-pid", str(os.getpid())]
         if deadline is not None:
-            if time.time() >= deadline:
-                return "time_budget"
             command += ["--deadline", repr(deadline)]
-        command += ["--parent-pid", str(os.getpid())]
         status = subprocess.run(command, cwd=_ROOT).returncode
         reason = codes.get(status)
-        if reason in ("search_finished", "time_budget"):
+        if reason in (StopReason.SEARCH_FINISHED, StopReason.TIME_BUDGET):
             return reason
-        if reason == "search_failed":
+        if reason == SEARCH_FAILED:
             raise SearchFailedError(f"the search stopped after too many consecutive failed trials (see above); "
                                     f"every trial is in {paths.trials_csv}")
         if reason is None:
@@ -88,67 +99,28 @@ def search_in_processes(cache: FeatureCache, paths, config, *, deadline: float |
                                + f"; its output is above. Rerun the same command to resume {paths.root}.")
 
 
-PR_SET_PDEATHSIG = 1
-"""``prctl`` option: the signal the kernel sends this process when its parent dies (Linux,
-``man 2 prctl``)."""
+def run_trials(cache: FeatureCache, run_dir, *, max_new_trials: int | None = None, deadline: float | None = None,
+               settings: dict | None = None) -> int:
+    """A child's work (``search.entry trials``): resume the run folder's search for at most
+    ``max_new_trials`` new trials in this process.
 
+    Args:
+        cache: the opened feature cache.
+        run_dir: the run folder holding ``config.json``.
+        max_new_trials, deadline: as ``search.tuner.search_in_process``.
+        settings: :data:`PROCESS_SETTINGS` replacing ``config.json``'s.
 
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel send SIGTERM to this process when its parent dies (Linux ``prctl``),
-    and exit now if the parent is already gone, so that a ``kill -9`` of the main job never
-    leaves a child training the same trials as the rerun. Elsewhere, only the check is done.
-
-    Raises:
-        SystemExit: when the process's parent is no longer ``parent_pid``.
+    Returns:
+        The exit status, one of :data:`EXIT_CODES`.
     """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent_pid:  # it died before the prctl took effect
-        raise SystemExit(f"the parent search process {parent_pid} is gone; this child stops")
-
-
-def main(argv=None) -> int:
-    """Entry point of a child: resume the run folder's search for at most N new trials."""
-    parser = argparse.ArgumentParser(prog="python -m search.chunked", description=__doc__.split("\n\n")[0])
-    parser.add_argument("cache_dir", help="feature cache folder")
-    parser.add_argument("run_dir", help="run folder holding config.json")
-    parser.add_argument("--max-new-trials", type=int, default=None, help="trials to start at most")
-    parser.add_argument("--deadline", type=float, default=None,
-                        help="time.time() after which no trial starts and the running one stops after its epoch")
-    parser.add_argument("--settings", type=json.loads, default={},
-                        help=f"JSON object of settings replacing config.json's (keys: {', '.join(PROCESS_SETTINGS)})")
-    parser.add_argument("--parent-pid", type=int, default=None,
-                        help="die with this process (the parent search): a child must never outlive it")
-    args = parser.parse_args(argv)
-    if args.parent_pid is not None:
-        die_with_parent(args.parent_pid)
-
-    unknown = sorted(set(args.settings) - set(PROCESS_SETTINGS))
-    if unknown:
-        parser.error(f"--settings: {unknown} are not among {PROCESS_SETTINGS}")
-    if args.settings.get("verbose", 1) != 2:  # --verbose 2 shows TensorFlow's start-up lines
-        from search.quiet_tf import import_tensorflow_quietly  # before anything imports TensorFlow
-        import_tensorflow_quietly()
-
-    from fi_data.cache_format import open_cache
-    from search.config import SearchConfig
-    from search.runs import RunPaths
-    from search.tuner import SearchFailedError, make_hypermodel, search_in_process
-
-    paths = RunPaths(Path(args.run_dir))
+    paths = RunPaths(Path(run_dir))
     config = SearchConfig.load(paths.config)
-    left = None if args.deadline is None else max(args.deadline - time.time(), 1e-3)
-    config = dataclasses.replace(config, time_budget_s=left, **args.settings)
-    cache = open_cache(args.cache_dir)
+    left = None if deadline is None else max(deadline - time.time(), 1e-3)
+    config = dataclasses.replace(config, time_budget_s=left, **(settings or {}))
     try:
         _, stopped_by = search_in_process(make_hypermodel(cache, config), paths, config,
-                                          max_new_trials=args.max_new_trials, deadline=args.deadline)
+                                          max_new_trials=max_new_trials, deadline=deadline)
     except SearchFailedError as e:
         print(f"[search] {e}", file=sys.stderr, flush=True)
-        return EXIT_CODES["search_failed"]
+        return EXIT_CODES[SEARCH_FAILED]
     return EXIT_CODES[stopped_by]
-
-
-if __name__ == "__main__":
-    sys.exit(main())

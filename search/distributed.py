@@ -1,4 +1,4 @@
-"""Distributed tuning with Keras Tuner's chief/worker mode, and the strategy a trial trains under.
+"""Distributed tuning with Keras Tuner's chief/worker mode.
 
 Keras Tuner runs one search on several processes or machines (keras.io, "Distributed
 hyperparameter tuning with KerasTuner"): each process builds the same tuner; the environment
@@ -13,13 +13,13 @@ This module adds what Keras Tuner leaves out:
 
 - :class:`Role`: the ``--role/--oracle-address/--worker-id`` flags of ``run_search.py``
   and those three environment variables, read and written in one place.
-- The chief, :func:`serve_search` (called by ``search.tuner.run_search`` when the
+- The chief, :func:`serve_search` (called by ``search.job.run_search`` when the
   environment names this process the chief), serves Keras Tuner's own ``OracleServicer``
   with these additions (:class:`ChiefServicer`):
 
   - Liveness. A worker that is killed, or whose machine goes away, holds its trial for
     ever: Hyperband waits for it (the other workers idle) and the chief never exits.
-    Workers send a heartbeat (a ``GetTrial`` call, :func:`worker_heartbeat`) every quarter
+    Workers send a heartbeat (a ``GetTrial`` call, ``search.tuner.worker_heartbeat``) every quarter
     of ``SearchConfig.worker_timeout_s`` while they train; a worker the chief has not heard
     from for that long is forgotten and its trial goes back to the retry queue, where the
     next worker that asks takes it (:func:`reclaim_silent_workers`). A restarted worker
@@ -39,42 +39,54 @@ This module adds what Keras Tuner leaves out:
   and runs trials, in fresh child processes of ``trials_per_process`` trials each
   (``search.chunked``) so that its memory stays bounded, until the chief has no more. It
   never retrains: the chief retrains the best trial and reports as a single process does.
-- :func:`make_strategy`: ``tf.distribute.MirroredStrategy`` (every GPU of one machine) for
-  ``SearchConfig.strategy == "mirrored"``, passed to Keras Tuner as ``distribution_strategy``.
+
+A runner above the engine (``search.tuner``, which also holds the strategy a trial trains
+under, ``make_strategy``, and the workers' heartbeat); ``search.chunked`` runs a worker's
+trials in fresh processes.
 
 ``run_search.py --role chief|worker`` is the way to run a distributed search from a dataset.
-On a feature cache that is already prepared (tests, benchmarks, scripts), one role runs as::
+On a feature cache that is already prepared (tests, benchmarks, scripts), one role runs as
+a process started the one way (``search.entry``)::
 
-    python -m search.distributed {chief,worker} CACHE_DIR RUN_DIR --oracle-address HOST:PORT
+    python -m search.entry {chief,worker} CACHE_DIR RUN_DIR --oracle-address HOST:PORT
         [--worker-id ID] [--settings JSON]
+
+(``python -m search.distributed {chief,worker} ...`` is an older spelling of the same).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import dataclasses
-import json
-import os
-import re
-import socket
 import sys
-import threading
-import time
-from concurrent import futures
-from pathlib import Path
 
-from keras_tuner.src import protos  # Keras Tuner's gRPC messages and service
-from keras_tuner.src.distribute.oracle_chief import OracleServicer, exit_chief
-from keras_tuner.src.engine import conditions
-from keras_tuner.src.engine.oracle import synchronized
-from keras_tuner.src.engine.trial import Trial, TrialStatus
+if __name__ == "__main__":  # ``python -m search.distributed ROLE ARGS`` = ``python -m search.entry ROLE ARGS``:
+    # handed over before the imports below, so that search.entry imports TensorFlow quietly first.
+    from search.entry import main as _main
+    sys.exit(_main(sys.argv[1:]))
 
-from fi_data.errors import UserError
+import dataclasses  # noqa: E402 - after the hand-over above
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from concurrent import futures  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-# keras-tuner 1.4.8 left a debug print in conditions.Parent.to_proto (its only print): every
-# trial sent over gRPC would print the first value of each conditional scope ("vgg", "lstm").
-conditions.print = lambda *args, **kwargs: None
+import grpc  # noqa: E402
+from keras_tuner.src import protos  # noqa: E402 - Keras Tuner's gRPC messages and service
+from keras_tuner.src.distribute.oracle_chief import OracleServicer, exit_chief  # noqa: E402
+from keras_tuner.src.engine.oracle import synchronized  # noqa: E402
+from keras_tuner.src.engine.trial import Trial, TrialStatus  # noqa: E402
+
+from fi_data.cache_format import open_cache  # noqa: E402
+from fi_data.errors import UserError  # noqa: E402
+from search.chunked import search_in_processes  # noqa: E402
+from search.runs import RunPaths, load_run, tensorboard_command  # noqa: E402
+from search.tensorboard_logs import write_experiment  # noqa: E402
+from search.trials import rewrite_trials_csv, trial_info_path  # noqa: E402
+from search.tuner import (SearchFailedError, StopReason, make_hypermodel, make_tuner,  # noqa: E402
+                          search_in_process)
 
 ROLES = ("single", "chief", "worker")
 """Roles of a search process: alone (the default), the chief (serves the oracle), a worker."""
@@ -179,26 +191,6 @@ class Role:
         env.update(self.environment())
 
 
-def make_strategy(name: str):
-    """The ``tf.distribute.Strategy`` of ``SearchConfig.strategy`` (None: TensorFlow's default).
-
-    ``"mirrored"``: ``tf.distribute.MirroredStrategy()``, synchronous data parallelism over
-    every GPU TensorFlow sees (the CPU when there is none: one replica). The batch size is
-    the global batch, split over the replicas.
-
-    Raises:
-        ValueError: for a name not in ``search.config.STRATEGIES``.
-    """
-    from search.config import STRATEGIES
-
-    if name not in STRATEGIES:
-        raise UserError(f"strategy {name!r} is not one of {STRATEGIES}")
-    if name == "default":
-        return None
-    import tensorflow as tf
-    return tf.distribute.MirroredStrategy()
-
-
 # ---------------------------------------------------------------------------------------
 # The chief
 
@@ -273,11 +265,8 @@ def _end_once(oracle, trial: Trial) -> bool:
 @synchronized
 def _after_trial(oracle, tuner, trial_id: str):
     """Rewrite ``trials.csv``, print the trial's line; the SearchFailedError to raise, or None."""
-    from search.trials import trial_info_path, trials_table, write_trials_csv
-    from search.tuner import SearchFailedError
-
     paths = tuner.fi_paths
-    write_trials_csv(trials_table(oracle.trials.values(), paths.project_dir), paths.trials_csv)
+    rewrite_trials_csv(paths.trials_csv, oracle.trials.values(), paths.project_dir)
     info_path = trial_info_path(paths.project_dir, trial_id)
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     print(tuner.trial_line(oracle.get_trial(trial_id), info), flush=True)
@@ -298,7 +287,7 @@ class ChiefServicer(OracleServicer):
 
     Attributes:
         last_seen: tuner id -> ``clock()`` time of its last request.
-        stopped_by: ``"search_finished"`` or ``"time_budget"``.
+        stopped_by: ``StopReason.SEARCH_FINISHED`` or ``StopReason.TIME_BUDGET``.
         failure: the ``SearchFailedError`` that stopped the search, or None.
     """
 
@@ -307,7 +296,7 @@ class ChiefServicer(OracleServicer):
         self.tuner = tuner
         self.clock = clock
         self.last_seen = {}
-        self.stopped_by = "search_finished"
+        self.stopped_by = StopReason.SEARCH_FINISHED
         self.failure = None
         self._lock = threading.Lock()
 
@@ -315,9 +304,9 @@ class ChiefServicer(OracleServicer):
         """True once no new trial may start (time budget spent, or too many failures)."""
         left = self.tuner.time_left()
         with self._lock:
-            if self.stopped_by == "time_budget" or left is None or left > 0:
-                return self.failure is not None or self.stopped_by == "time_budget"
-            self.stopped_by = "time_budget"
+            if self.stopped_by == StopReason.TIME_BUDGET or left is None or left > 0:
+                return self.failure is not None or self.stopped_by == StopReason.TIME_BUDGET
+            self.stopped_by = StopReason.TIME_BUDGET
             print("[search] time budget spent: no new trials",
                   flush=True)
             return True
@@ -371,20 +360,13 @@ def serve_search(hypermodel, paths, config, *, poll_s: float = POLL_S) -> tuple:
 
     Returns:
         ``(tuner, stopped_by)``: the chief's tuner (its oracle holds every trial) and
-        ``"search_finished"`` or ``"time_budget"``.
+        ``StopReason.SEARCH_FINISHED`` or ``StopReason.TIME_BUDGET``.
 
     Raises:
         ValueError: this process is not the chief (``KERASTUNER_TUNER_ID``).
         OSError: the address cannot be listened on (port in use, host not this machine).
         search.tuner.SearchFailedError: too many consecutive failed trials.
     """
-    import grpc
-
-    from search.runs import tensorboard_command
-    from search.tensorboard_logs import write_experiment
-    from search.trials import trials_table, write_trials_csv
-    from search.tuner import make_tuner
-
     role = Role.current()
     if role.kind != "chief":
         raise ValueError(f"serve_search runs in the chief (KERASTUNER_TUNER_ID=chief); this process is {role.kind}")
@@ -416,7 +398,7 @@ def serve_search(hypermodel, paths, config, *, poll_s: float = POLL_S) -> tuple:
                          " between trials: forgotten until it asks again"), flush=True)
     finally:
         server.stop(grace=None)
-        write_trials_csv(trials_table(tuner.oracle.trials.values(), paths.project_dir), paths.trials_csv)
+        rewrite_trials_csv(paths.trials_csv, tuner.oracle.trials.values(), paths.project_dir)
     if servicer.failure is not None:
         raise servicer.failure
     return tuner, servicer.stopped_by
@@ -424,34 +406,6 @@ def serve_search(hypermodel, paths, config, *, poll_s: float = POLL_S) -> tuple:
 
 # ---------------------------------------------------------------------------------------
 # Workers
-
-@contextlib.contextmanager
-def worker_heartbeat(tuner, interval_s: float):
-    """While the body runs, tell the chief every ``interval_s`` seconds that this worker's
-    trial is alive (a ``GetTrial`` request from a daemon thread). Nothing outside a worker."""
-    if not tuner._is_worker():
-        yield
-        return
-    import grpc
-
-    stop = threading.Event()
-
-    def beat():
-        while not stop.wait(interval_s):
-            trial_id = tuner.running_trial_id
-            if trial_id is not None:
-                try:
-                    tuner.oracle.get_trial(trial_id)
-                except grpc.RpcError:
-                    pass  # the chief is away; the tuner's own requests wait for it
-
-    thread = threading.Thread(target=beat, name="kerastuner-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-
 
 def run_worker(run_dir: str | os.PathLike, config, prepare_cache, *, wait_s: float = 600.0) -> str:
     """A worker's whole job: run the chief's trials until it has none left. No retraining.
@@ -472,7 +426,7 @@ def run_worker(run_dir: str | os.PathLike, config, prepare_cache, *, wait_s: flo
         wait_s: seconds to wait for the chief's ``config.json``.
 
     Returns:
-        ``"search_finished"``.
+        ``StopReason.SEARCH_FINISHED``.
 
     Raises:
         ValueError: not a worker; settings or feature cache differ from the chief's.
@@ -480,11 +434,6 @@ def run_worker(run_dir: str | os.PathLike, config, prepare_cache, *, wait_s: flo
         RuntimeError: a child process died (killed for memory?); the chief gives its
             trial to another worker after ``worker_timeout_s``.
     """
-    from fi_data.cache_format import open_cache
-    from search.chunked import search_in_processes
-    from search.runs import RunPaths, load_run
-    from search.tuner import make_hypermodel, search_in_process
-
     role = Role.current()
     if role.kind != "worker":
         raise ValueError(f"run_worker needs a worker's KERASTUNER_* environment; this process is {role.kind}")
@@ -512,39 +461,3 @@ def run_worker(run_dir: str | os.PathLike, config, prepare_cache, *, wait_s: flo
     if config.trials_per_process:
         return search_in_processes(cache, paths, config)
     return search_in_process(make_hypermodel(cache, config), paths, config)[1]
-
-
-def main(argv=None) -> int:
-    """Entry point: one role of a distributed search on a prepared feature cache (module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m search.distributed",
-                                     description="Run the chief or a worker of a distributed search on a "
-                                                 "prepared feature cache (run_search.py does it from a dataset).")
-    parser.add_argument("role", choices=("chief", "worker"))
-    parser.add_argument("cache_dir", help="feature cache folder")
-    parser.add_argument("run_dir", help="run folder shared by the chief and the workers")
-    parser.add_argument("--oracle-address", required=True, metavar="HOST:PORT", help="the chief's oracle")
-    parser.add_argument("--worker-id", default=None, help="a worker's id (default: worker-<host>-<pid>)")
-    parser.add_argument("--settings", type=json.loads, default={},
-                        help="JSON object of SearchConfig settings (the chief's define the search)")
-    args = parser.parse_args(argv)
-
-    from fi_data.cache_format import open_cache
-    from search.config import SearchConfig
-
-    worker_id = args.worker_id or (default_worker_id() if args.role == "worker" else None)
-    Role(args.role, args.oracle_address, worker_id).apply()
-    config = SearchConfig.from_dict(args.settings)
-    cache = open_cache(args.cache_dir)
-    if args.role == "worker":
-        run_worker(args.run_dir, config, lambda: cache)
-        print(f"[search] worker {worker_id}: the chief has no trials left", flush=True)
-        return 0
-    from search.tuner import run_search
-    result = run_search(cache, args.run_dir, config)
-    print(f"[search] chief: stopped by {result.stopped_by}; best {result.best.objective} {result.best.score:.4f} "
-          f"(trial {result.best.trial_id})", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

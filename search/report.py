@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from fi_data.traits import SPLITS, TRAITS
 from fi_models.metrics import ONE_MINUS_MAE
 from search.runs import RunPaths, tensorboard_command
-from search.trials import DIVERGED_MARGIN, format_value, mark_diverged, write_trials_csv
+from search.trials import DIVERGED_MARGIN, format_value, rewrite_trials_csv
 from search.verdict import variation_lines, verdict_lines
 
 PLOTS = {"curves": "retrain_curves.png", "baseline": "test_vs_baseline.png",
@@ -192,14 +192,8 @@ def _marked_trials(path: Path, baseline_score: float | None) -> pd.DataFrame | N
     The file is rewritten (atomically) only when that column changes; every other cell is
     kept as written (read as text, so ids like ``0001`` stay ids).
     """
-    if not path.is_file():
+    if rewrite_trials_csv(path, baseline_score=baseline_score) is None:
         return None
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if baseline_score is not None and len(raw):
-        marked = mark_diverged(raw, baseline_score)
-        text = marked["diverged"].astype(object).where(marked["diverged"].notna(), "").astype(str)
-        if "diverged" not in raw or list(raw["diverged"]) != list(text):
-            write_trials_csv(marked, path)
     return pd.read_csv(path, dtype={"trial_id": str})
 
 

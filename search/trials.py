@@ -3,7 +3,9 @@
 Keras Tuner stores each trial's status, hyperparameters, score, best step and failure
 traceback in ``<project>/trial_<id>/trial.json``. The tuner of :mod:`search.tuner` adds
 ``<project>/trial_<id>/fi_trial.json`` (wall time, peak memory, epochs trained) when a
-trial ends. :func:`trials_table` joins both into one ``pandas.DataFrame``.
+trial ends. :func:`trials_table` joins both into one ``pandas.DataFrame``;
+:func:`rewrite_trials_csv` (tabulate or read back, mark diverged trials, write atomically)
+is the one function every writer of ``trials.csv`` calls.
 """
 
 from __future__ import annotations
@@ -229,3 +231,36 @@ def write_trials_csv(table: pd.DataFrame, path: str | os.PathLike) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     table.to_csv(tmp, index=False)
     os.replace(tmp, path)
+
+
+def rewrite_trials_csv(path: str | os.PathLike, trials=None, project_dir: str | os.PathLike | None = None,
+                       baseline_score: float | None = None) -> pd.DataFrame | None:
+    """Read the trials, mark the diverged ones, write ``trials.csv``: the one way it is written.
+
+    Args:
+        path: the ``trials.csv`` to write (atomically, :func:`write_trials_csv`).
+        trials: Keras Tuner ``Trial`` objects to tabulate (:func:`trials_table`, with
+            ``project_dir``); None reads ``path`` back as text instead (the report's case).
+        project_dir: the Keras Tuner project folder (with ``trials``).
+        baseline_score: the mean predictor's validation 1-MAE; given, ``diverged`` is
+            filled in (:func:`mark_diverged`), else it is left empty.
+
+    Returns:
+        The table written (or read back unchanged: a file read back is rewritten only when
+        its ``diverged`` column changes); None when there are no ``trials`` and no file.
+    """
+    path = Path(path)
+    if trials is not None:
+        table = trials_table(trials, project_dir, baseline_score)
+        write_trials_csv(table, path)
+        return table
+    if not path.is_file():
+        return None
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if baseline_score is None or not len(raw):
+        return raw
+    marked = mark_diverged(raw, baseline_score)
+    text = marked["diverged"].astype(object).where(marked["diverged"].notna(), "").astype(str)
+    if "diverged" not in raw or list(raw["diverged"]) != list(text):
+        write_trials_csv(marked, path)
+    return marked

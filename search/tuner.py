@@ -1,4 +1,9 @@
-"""The search: Keras Tuner set-up, smoke check, failed trials, time budget, resume.
+"""The search engine: Keras Tuner set-up, smoke check, failed trials, time budget, resume.
+
+The lowest layer of the search: it runs trials in this process (:func:`search_in_process`)
+and imports no runner. The runners import it: ``search.chunked`` (trials in fresh child
+processes) and ``search.distributed`` (chief / workers); ``search.job`` picks one of the
+three (``search.job.run_search``) and runs the search, the retraining and the report.
 
 Keras Tuner does most of the work; this module adds what it lacks, each at one of its hooks:
 
@@ -24,52 +29,78 @@ Keras Tuner does most of the work; this module adds what it lacks, each at one o
   are written atomically here, so a kill during a save cannot corrupt them; a trial whose
   file was saved but that the oracle never recorded is marked FAILED with a reason.
 - Per trial: wall time, peak memory (``search.memory``), epochs trained go to
-  ``fi_trial.json``; ``trials.csv`` is rewritten and one line printed after every trial.
+  ``fi_trial.json``; ``trials.csv`` is rewritten (``search.trials.rewrite_trials_csv``) and
+  one line printed after every trial. :func:`record_search` writes a finished search's
+  results (``search_summary.json``, ``best_hyperparameters.json``, ...); :class:`StopReason`
+  names why a search returned.
 - Memory grows with every model trained in one process, so by default the trials run in
   fresh processes of ``trials_per_process`` trials (``search.chunked``), each resuming the
   project like a rerun after a crash.
 - The space is declared once without building models (``declare_hyperparameters``),
   instead of Keras Tuner's one model build per conditional scope.
 - Distributed tuning (``search.distributed``): with Keras Tuner's ``KERASTUNER_*``
-  environment set, :func:`run_search` serves the oracle as the chief, and workers run the
-  trials (``search.distributed.run_worker``). ``SearchConfig.strategy`` picks the
-  ``distribution_strategy`` each trial trains under.
+  environment set, ``search.job.run_search`` serves the oracle as the chief, and workers
+  run the trials (``search.distributed.run_worker``); a worker's tuner sends the chief a
+  heartbeat while it trains (:func:`worker_heartbeat`). ``SearchConfig.strategy`` picks the
+  ``distribution_strategy`` each trial trains under (:func:`make_strategy`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import enum
 import json
 import os
 import shutil
+import threading
 import time
 import zlib
 from pathlib import Path
 
+import grpc
 import keras
 import keras_tuner as kt
 import pandas as pd
+import tensorflow as tf
 from keras_tuner.engine.trial import TrialStatus
+from keras_tuner.src.engine import conditions
 
 from fi_data.cache_format import FeatureCache, write_json_atomic
 from fi_data.errors import UserError
 from fi_models.metrics import ONE_MINUS_MAE
-from search import memory
+from search import memory, planner
 from search.checkpoints import checkpoint_bytes, prune_checkpoints
-from search.config import SearchConfig, tuner_spec
+from search.config import STRATEGIES, SearchConfig, tuner_spec
 from search.hypermodel import PersonalityHyperModel
-from search.runs import (PROJECT_NAME, BestHyperparameters, RunPaths, prepare_run_dir, save_top_hyperparameters,
+from search.runs import (PROJECT_NAME, BestHyperparameters, RunPaths, save_top_hyperparameters,
                          tensorboard_command)
 from search.tensorboard_logs import configure_trial_tensorboard, write_experiment
-from search.trials import best_epoch, failure_summary, trial_info_path, trials_table, write_trials_csv
+from search.trials import best_epoch, failure_summary, rewrite_trials_csv, trial_info_path
+
+# keras-tuner 1.4.8 left a debug print in conditions.Parent.to_proto (its only print): every
+# trial sent over gRPC (a distributed chief's and workers' tuners) would print the first value
+# of each conditional scope ("vgg", "lstm").
+conditions.print = lambda *args, **kwargs: None
 
 OBJECTIVE = kt.Objective("val_" + ONE_MINUS_MAE, direction="max")
 """The search objective: validation 1-MAE (``fi_models.metrics.ONE_MINUS_MAE``), maximised."""
 
 
-STOP_REASONS = ("search_finished", "time_budget", "trial_limit")
-"""Why a search returned: the oracle had no more trials, the time budget was spent, or this
-process started its maximum number of trials (more remain; see ``search.chunked``)."""
+class StopReason(enum.StrEnum):
+    """Why a search returned (a ``str``: ``StopReason.TIME_BUDGET == "time_budget"``, and so it
+    is written to ``search_summary.json`` and printed)."""
+
+    SEARCH_FINISHED = "search_finished"
+    """The oracle had no more trials."""
+    TIME_BUDGET = "time_budget"
+    """The time budget was spent."""
+    TRIAL_LIMIT = "trial_limit"
+    """This process started its maximum number of trials (more remain; see ``search.chunked``)."""
+
+
+STOP_REASONS = tuple(StopReason)
+"""Every :class:`StopReason`, in definition order."""
 
 
 IDLE_WAIT_S = 1.0
@@ -258,8 +289,7 @@ class _SearchTunerMixin:
         print(self.trial_line(trial, info), flush=True)
         if not self._is_worker():  # a distributed worker's oracle is a client without the trials
             prune_checkpoints(self)  # only those a later Hyperband round can load stay
-            write_trials_csv(trials_table(self.oracle.trials.values(), self.fi_paths.project_dir),
-                             self.fi_paths.trials_csv)
+            rewrite_trials_csv(self.fi_paths.trials_csv, self.oracle.trials.values(), self.fi_paths.project_dir)
             self.check_consecutive_failures()
 
     def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
@@ -345,8 +375,6 @@ def make_tuner(hypermodel: kt.HyperModel, paths: RunPaths, config: SearchConfig,
         whose project is ``paths.project_dir``, training under ``config.strategy``. In a
         distributed worker (``KERASTUNER_*`` set) its oracle is Keras Tuner's client of the chief's.
     """
-    from search.distributed import make_strategy
-
     spec = tuner_spec(config.tuner)
     settings = {keyword: getattr(config, field) for keyword, field in spec.settings.items()}
     oracle = _TUNER_CLASSES[spec.oracle](objective=OBJECTIVE, seed=config.seed, max_consecutive_failed_trials=None,
@@ -354,6 +382,50 @@ def make_tuner(hypermodel: kt.HyperModel, paths: RunPaths, config: SearchConfig,
     return _TUNER_CLASSES[spec.tuner](oracle, hypermodel, fi_config=config, fi_paths=paths, max_new_trials=max_new_trials, deadline=deadline,
                executions_per_trial=config.executions_per_trial,
                distribution_strategy=make_strategy(config.strategy))
+
+
+def make_strategy(name: str):
+    """The ``tf.distribute.Strategy`` of ``SearchConfig.strategy`` (None: TensorFlow's default).
+
+    ``"mirrored"``: ``tf.distribute.MirroredStrategy()``, synchronous data parallelism over
+    every GPU TensorFlow sees (the CPU when there is none: one replica). The batch size is
+    the global batch, split over the replicas.
+
+    Raises:
+        ValueError: for a name not in ``search.config.STRATEGIES``.
+    """
+    if name not in STRATEGIES:
+        raise UserError(f"strategy {name!r} is not one of {STRATEGIES}")
+    if name == "default":
+        return None
+    return tf.distribute.MirroredStrategy()
+
+
+@contextlib.contextmanager
+def worker_heartbeat(tuner, interval_s: float):
+    """While the body runs, tell the chief every ``interval_s`` seconds that this worker's
+    trial is alive (a ``GetTrial`` request from a daemon thread; the chief's side is
+    ``search.distributed.ChiefServicer``). Nothing outside a distributed worker."""
+    if not tuner._is_worker():
+        yield
+        return
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(interval_s):
+            trial_id = tuner.running_trial_id
+            if trial_id is not None:
+                try:
+                    tuner.oracle.get_trial(trial_id)
+                except grpc.RpcError:
+                    pass  # the chief is away; the tuner's own requests wait for it
+
+    thread = threading.Thread(target=beat, name="kerastuner-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def smoke_check(hypermodel: PersonalityHyperModel, objective: str = OBJECTIVE.name) -> None:
@@ -393,13 +465,13 @@ def search_callbacks(paths: RunPaths, config: SearchConfig) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
-    """What :func:`run_search` returns.
+    """What ``search.job.run_search`` returns (made by :func:`record_search`).
 
     Attributes:
         paths: the run folder's :class:`RunPaths`.
         best: the best completed trial's :class:`BestHyperparameters`.
         trials: the ``trials.csv`` table.
-        stopped_by: ``"search_finished"`` or ``"time_budget"`` (see :data:`STOP_REASONS`).
+        stopped_by: ``StopReason.SEARCH_FINISHED`` or ``StopReason.TIME_BUDGET``.
         elapsed_s: wall time of this invocation's search, in seconds.
         config: the settings the search ran with (the planned ``max_epochs`` included).
     """
@@ -407,7 +479,7 @@ class SearchResult:
     paths: RunPaths
     best: BestHyperparameters
     trials: pd.DataFrame
-    stopped_by: str
+    stopped_by: StopReason
     elapsed_s: float
     config: SearchConfig | None = None
 
@@ -420,12 +492,12 @@ def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config
     holds the oracle: not by a distributed worker, whose heartbeat runs during ``search``).
 
     Args:
-        hypermodel, paths, config: as prepared by :func:`run_search`.
+        hypermodel, paths, config: as prepared by ``search.job.run_search``.
         max_new_trials: start at most this many trials here (None: no limit).
         deadline: as :func:`make_tuner`.
 
     Returns:
-        ``(tuner, stopped_by)``, ``stopped_by`` one of :data:`STOP_REASONS`.
+        ``(tuner, stopped_by)``, ``stopped_by`` a :class:`StopReason`.
 
     Raises:
         ValueError / RuntimeError: from :func:`smoke_check`.
@@ -437,20 +509,18 @@ def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config
     write_experiment(paths.trials_tensorboard, tuner.oracle.get_space())
     print(f"[search] {config.tuner} search in {paths.root}; watch it with: "
           + tensorboard_command(paths.tensorboard), flush=True)
-    from search.distributed import worker_heartbeat
-
-    stopped_by = "search_finished"
+    stopped_by = StopReason.SEARCH_FINISHED
     try:
         with worker_heartbeat(tuner, config.worker_timeout_s / 4):
             tuner.search(epochs=config.max_epochs, callbacks=search_callbacks(paths, config))
     except TimeBudgetSpent as e:
-        stopped_by = "time_budget"
+        stopped_by = StopReason.TIME_BUDGET
         print(f"[search] {e}: no new trials", flush=True)
     except TrialLimitReached:
-        stopped_by = "trial_limit"
+        stopped_by = StopReason.TRIAL_LIMIT
     finally:
         if not tuner._is_worker():
-            write_trials_csv(trials_table(tuner.oracle.trials.values(), paths.project_dir), paths.trials_csv)
+            rewrite_trials_csv(paths.trials_csv, tuner.oracle.trials.values(), paths.project_dir)
             print(f"[search] checkpoints kept for later Hyperband rounds: "
                   f"{checkpoint_bytes(paths.project_dir) / 2**20:.0f} MiB in {paths.project_dir}", flush=True)
     return tuner, stopped_by
@@ -468,8 +538,6 @@ def plan_for_budget(hypermodel: PersonalityHyperModel, run_dir, config: SearchCo
         ``(config, plan)``: the config to run, and the ``search.planner.Plan`` (None when
         there is no budget or the search resumes).
     """
-    from search.planner import measure_epoch_cost, plan_search
-
     if config.time_budget_s is None:
         return config, None
     paths = RunPaths(Path(run_dir))
@@ -482,8 +550,8 @@ def plan_for_budget(hypermodel: PersonalityHyperModel, run_dir, config: SearchCo
         return config, None
     print("[search] measuring the cost of an epoch (the default model and 3 random ones) to plan the budget ...",
           flush=True)
-    cost = measure_epoch_cost(hypermodel, seed=config.seed)
-    plan = plan_search(cost, config.time_budget_s, tuner=config.tuner, factor=config.factor,
+    cost = planner.measure_epoch_cost(hypermodel, seed=config.seed)
+    plan = planner.plan_search(cost, config.time_budget_s, tuner=config.tuner, factor=config.factor,
                        max_epochs=None if config.plan_epochs else config.max_epochs,
                        max_trials=None if config.plan_epochs else config.max_trials)
     print(f"[search] {plan.line()}", flush=True)
@@ -530,64 +598,29 @@ def top_configurations(trials, k: int = TOP_SAVED) -> list:
     return out
 
 
-def run_search(cache: FeatureCache, run_dir, config: SearchConfig, *,
-               hypermodel: PersonalityHyperModel | None = None) -> SearchResult:
-    """Run (or resume) the hyperparameter search of ``config`` on ``cache`` into ``run_dir``.
+def record_search(tuner: kt.Tuner, paths: RunPaths, config: SearchConfig, stopped_by: StopReason,
+                  elapsed_s: float, plan=None) -> SearchResult:
+    """Write a finished search's results into its run folder and return them.
 
-    Writes ``config.json``, the Keras Tuner project, ``tensorboard/trials``, ``trials.csv``
-    and ``best_hyperparameters.json``. Reads only the cache's train and validation splits.
-    With ``config.trials_per_process`` (and no ``hypermodel`` given) the trials run in fresh
-    child processes of at most that many trials each (``search.chunked``), because memory
-    grows with every model trained in one process; otherwise they run in this process.
-    As the chief of a distributed search (``KERASTUNER_TUNER_ID=chief``, see
-    ``search.distributed``) it serves the oracle to the workers instead, until the search
-    ends, and then returns the same result.
+    Writes ``search_summary.json`` (why and when it stopped, the plan), ``trials.csv``,
+    ``best_hyperparameters.json`` and ``top_hyperparameters.json`` from ``tuner``'s oracle
+    (which holds every trial: this process's, the chunked children's, or the workers').
 
     Args:
-        cache: the opened feature cache.
-        run_dir: the run folder (created if missing; resumed if it holds this search).
-        config: all settings.
-        hypermodel: overrides :func:`make_hypermodel` (tests, custom spaces); runs in-process.
-
-    Returns:
-        A :class:`SearchResult`.
+        tuner: the tuner that ran the search, or one that reloaded its project.
+        paths, config: the run folder and the settings the search ran with.
+        stopped_by: why it returned; elapsed_s: its wall time.
+        plan: the ``search.planner.Plan`` of :func:`plan_for_budget`, or None.
 
     Raises:
-        ValueError: invalid or conflicting settings (see ``prepare_run_dir``), or the smoke
-            check's missing objective.
-        SearchFailedError: too many consecutive failed trials, or no trial completed.
-        RuntimeError: a child process died (e.g. killed for memory); rerun to resume.
-        OSError: the chief cannot listen on its address.
+        SearchFailedError: no trial completed.
     """
-    from search.distributed import Role, serve_search
-
-    start = time.monotonic()
-    deadline = None if config.time_budget_s is None else time.time() + config.time_budget_s
-    role = Role.current()
-    if role.kind == "worker":
-        raise UserError(f"KERASTUNER_TUNER_ID={role.worker_id!r} makes this process a distributed worker; "
-                         "workers run search.distributed.run_worker, not run_search")
-    in_process = hypermodel is not None or not config.trials_per_process
-    hypermodel = hypermodel or make_hypermodel(cache, config)
-    config, plan = plan_for_budget(hypermodel, run_dir, config)
-    paths = prepare_run_dir(run_dir, config, cache)
-    if role.kind == "chief":
-        tuner, stopped_by = serve_search(hypermodel, paths, config)
-    elif not in_process:
-        from search.chunked import search_in_processes
-        smoke_check(hypermodel)  # a clear error here rather than in a child
-        stopped_by = search_in_processes(cache, paths, config, deadline=deadline)
-        tuner = make_tuner(hypermodel, paths, config)  # reloads the project's results
-    else:
-        tuner, stopped_by = search_in_process(hypermodel, paths, config, deadline=deadline)
-    elapsed = time.monotonic() - start
     write_json_atomic(paths.search_summary, {
-        "stopped_by": stopped_by, "wall_s": round(elapsed, 1), "time_budget_s": config.time_budget_s,
-        "over_budget_s": None if config.time_budget_s is None else round(elapsed - config.time_budget_s, 1),
+        "stopped_by": stopped_by, "wall_s": round(elapsed_s, 1), "time_budget_s": config.time_budget_s,
+        "over_budget_s": None if config.time_budget_s is None else round(elapsed_s - config.time_budget_s, 1),
         "max_epochs": config.max_epochs, "hyperband_iterations": config.hyperband_iterations,
         "plan": None if plan is None else {**dataclasses.asdict(plan), "line": plan.line()}})
-    table = trials_table(tuner.oracle.trials.values(), paths.project_dir)
-    write_trials_csv(table, paths.trials_csv)
+    table = rewrite_trials_csv(paths.trials_csv, tuner.oracle.trials.values(), paths.project_dir)
     best_trial = tuner.best_trial()
     if best_trial is None:
         raise SearchFailedError(f"no trial completed; see {paths.trials_csv}")

@@ -35,7 +35,7 @@ from search.distributed import ChiefServicer, Role, reclaim_silent_workers, run_
 from search.hypermodel import PersonalityHyperModel
 from search.runs import RunPaths, prepare_run_dir
 from search.tuner import SearchFailedError, make_hypermodel, make_tuner
-from search.tuner import run_search as run_search_on_cache
+from search.job import run_search as run_search_on_cache
 
 TINY = {"vgg_depth": 1, "vgg_width": 16, "temporal": "max", "fusion_units": 64}
 # Hyperband with max_epochs 2, factor 2: two 1-epoch trials, the better one continued to 2

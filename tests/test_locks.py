@@ -1,4 +1,4 @@
-"""One owner per folder (fi_data.locks), children that die with their parent (search.chunked)."""
+"""One owner per folder (fi_data.locks), children that die with their parent (search.entry)."""
 
 import os
 import signal
@@ -70,7 +70,7 @@ def test_a_second_search_of_a_run_folder_is_refused_before_any_work(tmp_path, mo
 CHILD_OF_A_DOOMED_PARENT = textwrap.dedent("""
     import os, subprocess, sys, time
     child = subprocess.Popen([sys.executable, "-c",
-        "import os, sys, time; sys.path.insert(0, sys.argv[1]); from search.chunked import die_with_parent; "
+        "import os, sys, time; sys.path.insert(0, sys.argv[1]); from search.entry import die_with_parent; "
         "die_with_parent(int(sys.argv[2])); print('armed', flush=True); time.sleep(60)", sys.argv[1], str(os.getpid())],
         stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "armed"
@@ -100,6 +100,6 @@ def test_a_search_child_dies_with_its_killed_parent():
 
 def test_die_with_parent_stops_an_orphan_at_once():
     out = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                          "from search.chunked import die_with_parent; die_with_parent(1)", str(ROOT)],
+                          "from search.entry import die_with_parent; die_with_parent(1)", str(ROOT)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "the parent search process 1 is gone" in out.stderr

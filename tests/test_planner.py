@@ -12,7 +12,8 @@ from search import planner
 from search.config import SearchConfig
 from search.hypermodel import PersonalityHyperModel
 from search.planner import BUDGET_SHARE, EpochCost, bracket_seconds, first_bracket, plan_search
-from search.tuner import plan_for_budget, run_search
+from search.job import run_search
+from search.tuner import plan_for_budget
 
 
 def test_first_bracket_is_keras_tuners():

@@ -18,13 +18,13 @@ from fi_data.cache_format import FeatureCache, write_synthetic_cache
 from fi_data.traits import SPLITS, TRAITS
 from search.config import SearchConfig
 from search.hypermodel import HYPERPARAMETERS, PersonalityHyperModel
-from search.job import run_job
+from search.job import run_job, run_search
 from search.runs import (BestHyperparameters, RunPaths, load_best_hyperparameters, load_run,
                          load_top_hyperparameters, prepare_run_dir)
 from search.tensorboard_logs import read_scalars, read_session_hparams
 from search.trials import trials_table, write_trials_csv
 from search.train import retrain_and_evaluate
-from search.tuner import OBJECTIVE, SearchFailedError, make_hypermodel, make_tuner, run_search, smoke_check
+from search.tuner import OBJECTIVE, SearchFailedError, make_hypermodel, make_tuner, smoke_check
 
 TINY = {"backbone": "vgg", "vgg_depth": 1, "vgg_width": 16, "temporal": "max", "fusion_units": 64}
 

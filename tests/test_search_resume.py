@@ -21,7 +21,7 @@ from conftest import ROOT
 from fi_data.cache_format import write_synthetic_cache
 from search.config import SearchConfig
 from search.runs import prepare_run_dir
-from search.tuner import run_search
+from search.job import run_search
 
 CONFIG = dict(max_epochs=2, factor=2, crop_size=32, batch_sizes=(8,), early_stopping_patience=0,
               fixed_hyperparameters={"vgg_depth": 1, "vgg_width": 16, "temporal": "max", "fusion_units": 64})
