@@ -44,7 +44,8 @@ DEMO_CHOICES = {"vgg_width": [8, 16], "vgg_depth": [3, 2, 4], "fusion_units": [6
 """Hyperparameter choices the demo narrows to, so a trial takes seconds on a 2-core CPU."""
 SEARCH_SETTINGS = ("tuner", "factor", "hyperband_iterations", "max_trials", "executions_per_trial", "crop_size",
                    "augment", "audio_masking", "allow_resnet", "early_stopping_patience", "max_consecutive_failures",
-                   "worker_timeout_s", "strategy", "overwrite", "verbose", "retrain_epochs", "train_on_train_plus_val")
+                   "worker_timeout_s", "strategy", "overwrite", "verbose", "retrain_epochs", "train_on_train_plus_val",
+                   "jit_compile", "mixed_precision")
 """The ``SearchConfig`` settings whose flags are made from their fields (``fi_data.settings``); the
 others (max_epochs, time budget, batch sizes, seed, --fix/--choices, trials per process) have
 demo-or-real defaults or a syntax of their own, resolved in :func:`search_config`."""
@@ -158,7 +159,7 @@ def _add_search_args(p: argparse.ArgumentParser, retrain: bool = True) -> None:
                    help="run trials in fresh child processes of at most N trials each, resuming the same "
                         "project, so memory stays bounded over long searches (TensorFlow grows ~30 MiB per "
                         "trial in one process); 0 runs every trial in this process (default: 10)")
-    add_setting_arguments(g, SearchConfig, ["max_consecutive_failures"])
+    add_setting_arguments(g, SearchConfig, ["max_consecutive_failures", "jit_compile", "mixed_precision"])
     g = p.add_argument_group(
         "distributed tuning",
         "One search on several processes or machines (Keras Tuner's chief/worker mode over gRPC): run the "
@@ -432,10 +433,11 @@ def search_config(args):
     choices = dict(DEMO_CHOICES) if args.data_dir is None else {}
     choices = {k: v for k, v in choices.items() if k not in dict(args.fix)}
     choices.update(dict(args.choices))
-    frames = preprocess_params(args)  # the cached frame size bounds the crop
-    if args.crop_size > min(frames.frame_height, frames.frame_width):
-        raise _user_error(f"--crop-size {args.crop_size}: larger than the cached frames "
-                          f"({frames.frame_height}x{frames.frame_width} pixels); use at most {frames.frame_height}")
+    params = preprocess_params(args)  # the cached frame (and face crop) sizes bound the crop
+    for what, shape in (("frames", params.frame_shape), ("face crops", params.face_shape)):
+        if shape is not None and args.crop_size > min(shape[1:3]):
+            raise _user_error(f"--crop-size {args.crop_size}: larger than the cached {what} ({shape[1]}x{shape[2]} "
+                              f"pixels); use at most {min(shape[1:3])}")
     given = [name for name in SEARCH_SETTINGS if hasattr(args, name)]  # search has no retraining flags
     return SearchConfig(
         **setting_values(args, given), max_epochs=args.max_epochs or defaults["max_epochs"],

@@ -39,14 +39,17 @@ Bad clips (the policy is the same in every split; each code is listed in the man
   display rotation; decoded upright, ``source_size`` is the displayed size, ``coded_size`` the
   stored one), ``odd_resolution`` (the displayed size is neither 16:9 nor 4:3, or lower than
   the frame height; resized the same way, never stretched), ``mono_audio`` (information only:
-  mono and stereo give the same features for the same signal).
+  mono and stereo give the same features for the same signal), ``no_face`` (with
+  ``frames="face"`` or ``"both"``: no face was found, the face crop is the fallback square of
+  ``fi_data.faces``).
 
 Every message (``detail``) names the clip by its source (a path, or an archive locator such as
 ``train-1.zip::training80_01.zip::<name>.mp4``), never by the temporary copy it was decoded from.
 
 Extraction of one clip (:func:`_extract`) is a short sequence of steps, each one job: probe
 (file, headers, sizes), decode (one ffmpeg pass, a second only when the container's frame
-count was wrong), frames (bars, fit), audio (features), flags.
+count was wrong), frames (bars, fit, and the face box and crops with ``frames="face"`` or
+``"both"``: ``fi_data.faces``), audio (features), flags.
 
 No NaN or Inf enters the cache: features are checked per clip and ``write_split`` checks
 every array again before writing.
@@ -76,6 +79,7 @@ from fi_data import audio as audio_features
 from fi_data.cache_format import (FORMAT_VERSION, MANIFEST_NAME, FeatureCache, SplitArrays, open_cache,
                                   write_json_atomic, write_split)
 from fi_data.ffmpeg_tools import MediaError, ProbeInfo, decode_clip, ffmpeg_version, input_url, probe, require_ffmpeg
+from fi_data.faces import FaceBox, crop_faces, face_box
 from fi_data.locks import FolderLock
 from fi_data.params import PreprocessParams  # noqa: F401 - re-exported: callers build caches with it
 from fi_data.traits import SPLITS, TRAITS
@@ -184,6 +188,7 @@ CLIP_FLAGS: dict[str, str] = {
     "silent_audio": "audio peak below silence_db: zeros of its real length",
     "short_clip": f"over {SHORT_CLIP_PADDED_SHARE:.0%} of the audio input is padding (clip much shorter than "
                   "the training mean M; see audio_padded_share)",
+    "no_face": "no face found in the searched frames: the face crop is the upper-centre square (fi_data.faces)",
 }
 """Every flag a kept clip can carry -> its meaning in one line (the legend under predict's
 table, and the module docstring's list). ``tests/test_clip_flags.py`` checks every flag the code
@@ -196,7 +201,9 @@ class ClipFeatures:
 
     Attributes:
         audio: float32 ``audio_shape(params, M)``, e.g. ``(24, M, 1)``; ``None`` if skipped.
-        frames: uint8 ``(n_frames, frame_height, frame_width, 3)`` RGB; ``None`` if skipped.
+        frames: uint8 ``params.frame_shape`` RGB: ``(n_frames, frame_height, frame_width, 3)``,
+            or the face crops ``(n_frames, face_size, face_size, 3)`` with ``frames="face"``;
+            ``None`` if skipped.
         status: ``"ok"`` or the reason the clip cannot be used (see the module docstring).
         flags: problems the clip was kept with (the keys of :data:`CLIP_FLAGS`).
         detail: ffmpeg's messages or the exception text, for humans ("" if none). A clip is
@@ -208,7 +215,11 @@ class ClipFeatures:
             ``{"top", "bottom", "left", "right"}`` in displayed source pixels, bottom/right
             exclusive; the whole frame when there are none; see ``fi_data.video.detect_bars``),
             ``audio_frames`` (T before padding), and once M is known ``audio_padded_share``
-            (see :data:`SHORT_CLIP_PADDED_SHARE`); each where known.
+            (see :data:`SHORT_CLIP_PADDED_SHARE`), ``face`` (the face box in source pixels and
+            the frames it was found on, ``fi_data.faces.FaceBox.to_dict``; not with
+            ``frames="whole"``); each where known.
+        faces: uint8 ``(n_frames, face_size, face_size, 3)`` face crops with ``frames="both"``,
+            else ``None``.
     """
 
     audio: np.ndarray | None
@@ -217,6 +228,7 @@ class ClipFeatures:
     flags: tuple = ()
     detail: str = ""
     info: dict = dataclasses.field(default_factory=dict)
+    faces: np.ndarray | None = None
 
 
 def _skipped(reason: str, detail: str = "", info: dict | None = None) -> ClipFeatures:
@@ -330,12 +342,26 @@ def _decode_step(path: Path, media: ProbeInfo, params: PreprocessParams, *, thre
     return _DecodedClip(n, frames, np.searchsorted(unique, indices), dec.audio, audio_error, dec.errors)
 
 
-def _frames_step(decoded: _DecodedClip, params: PreprocessParams) -> tuple[np.ndarray, CropBox]:
-    """The model's frames: bars found over the sampled frames and cropped, then the fit; uint8
-    ``(n_frames, frame_height, frame_width, 3)`` and the crop box in source pixels."""
+def _frames_step(decoded: _DecodedClip, params: PreprocessParams) -> tuple[np.ndarray, np.ndarray | None, CropBox,
+                                                                           FaceBox | None]:
+    """The model's frames: bars found over the sampled frames and cropped, then the fit, and
+    the face crops inside the bars (``params.frames``).
+
+    Returns:
+        ``(frames, faces, bars, face)``: uint8 ``params.frame_shape`` (the face crops with
+        ``frames="face"``), uint8 ``params.face_shape`` or None, the crop box in source pixels,
+        and the :class:`fi_data.faces.FaceBox` (None with ``frames="whole"``).
+    """
     box = detect_bars(decoded.frames)
+    face = faces = None
+    if params.frames != "whole":
+        face = face_box(decoded.frames, box)
+        faces = np.ascontiguousarray(crop_faces(decoded.frames, face, params.face_size,
+                                                params.scale_flags)[decoded.indices])
+        if params.frames == "face":
+            return faces, None, box, face
     frames = fit_frames(decoded.frames, box, params.frame_height, params.frame_width, params.scale_flags)
-    return np.ascontiguousarray(frames[decoded.indices]), box
+    return np.ascontiguousarray(frames[decoded.indices]), faces, box, face
 
 
 def _audio_step(decoded: _DecodedClip, params: PreprocessParams) -> tuple[np.ndarray, list[str]]:
@@ -386,13 +412,17 @@ def _extract(path: str | os.PathLike, params: PreprocessParams, *, threads: int,
         _require_video(media)
         decoded = _decode_step(path, media, params, threads=threads, timeout_s=timeout_s, tmp_dir=tmp_dir)
         info["video_frames"] = decoded.n_video_frames
-        frames, box = _frames_step(decoded, params)
+        frames, faces, box, face = _frames_step(decoded, params)
         features, audio_flags = _audio_step(decoded, params)
         flags, details = _flags_step(media, decoded, audio_flags, params)
     except _Skip as skip:
         return _skipped(skip.reason, _relabel(skip.detail, path, label), {**info, **skip.info})
     info.update(crop=box.to_dict(), audio_frames=int(features.shape[1]))
-    return ClipFeatures(features, frames, "ok", flags, _relabel("; ".join(details), path, label), info)
+    if face is not None:
+        info["face"] = face.to_dict()
+        if face.fallback:
+            flags = (*flags, "no_face")
+    return ClipFeatures(features, frames, "ok", flags, _relabel("; ".join(details), path, label), info, faces)
 
 
 def _padding_verdict(audio_frames: int, mfcc_frames: int) -> tuple[float, bool]:
@@ -505,12 +535,14 @@ def _part_path(parts_dir: Path, clip_id: str) -> Path:
 def _write_part(parts_dir: Path, clip_id: str, clip: ClipFeatures, params: PreprocessParams) -> None:
     rows = audio_features.n_feature_rows(params)
     features = clip.audio if clip.audio is not None else np.zeros((rows, 0), np.float32)
-    frames = clip.frames if clip.frames is not None else np.zeros(
-        (0, params.frame_height, params.frame_width, 3), np.uint8)
+    frames = clip.frames if clip.frames is not None else np.zeros((0, *params.frame_shape[1:]), np.uint8)
+    arrays = {"features": features, "frames": frames}
+    if params.face_shape is not None:
+        arrays["faces"] = clip.faces if clip.faces is not None else np.zeros((0, *params.face_shape[1:]), np.uint8)
     meta = {"status": clip.status, "flags": list(clip.flags), "detail": clip.detail, **clip.info}
     tmp = parts_dir / f"{_PARTIAL_PREFIX}{os.getpid()}-{clip_id}.npz"
     with open(tmp, "wb") as f:
-        np.savez(f, features=features, frames=frames, meta=np.array(json.dumps(meta)))
+        np.savez(f, **arrays, meta=np.array(json.dumps(meta)))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, _part_path(parts_dir, clip_id))
@@ -662,21 +694,27 @@ def _mean_frames(entries: dict, table: pd.DataFrame) -> tuple[int, float]:
 
 
 def _assemble_split(cache_dir: Path, name: str, ids: list[str], targets: np.ndarray, parts_dir: Path,
-                    params: PreprocessParams, m: int, audio_shape: tuple, frame_shape: tuple) -> None:
+                    params: PreprocessParams, m: int, audio_shape: tuple) -> None:
     assembly = cache_dir / ASSEMBLY_DIR
     assembly.mkdir(exist_ok=True)
-    if ids:  # memory-mapped scratch arrays: a 6000-clip split never has to fit in memory
-        audio = np.lib.format.open_memmap(assembly / f"{name}_audio.npy", "w+", np.float32, (len(ids), *audio_shape))
-        frames = np.lib.format.open_memmap(assembly / f"{name}_frames.npy", "w+", np.uint8, (len(ids), *frame_shape))
-    else:
-        audio = np.zeros((0, *audio_shape), np.float32)
-        frames = np.zeros((0, *frame_shape), np.uint8)
+
+    def scratch(label: str, dtype, shape: tuple) -> np.ndarray:
+        if not ids:
+            return np.zeros((0, *shape), dtype)
+        # memory-mapped scratch arrays: a 6000-clip split never has to fit in memory
+        return np.lib.format.open_memmap(assembly / f"{name}_{label}.npy", "w+", dtype, (len(ids), *shape))
+
+    audio = scratch("audio", np.float32, audio_shape)
+    frames = scratch("frames", np.uint8, params.frame_shape)
+    faces = None if params.face_shape is None else scratch("faces", np.uint8, params.face_shape)
     for i, clip_id in enumerate(ids):
         with np.load(_part_path(parts_dir, clip_id)) as part:
             audio[i] = audio_features.model_input(part["features"], params, m)
             frames[i] = part["frames"]
-    write_split(cache_dir, SplitArrays(name, audio, frames, targets, tuple(ids)))
-    del audio, frames
+            if faces is not None:
+                faces[i] = part["faces"]
+    write_split(cache_dir, SplitArrays(name, audio, frames, targets, tuple(ids), faces))
+    del audio, frames, faces
     shutil.rmtree(assembly, ignore_errors=True)
 
 
@@ -720,9 +758,10 @@ def _finish(cache_dir: Path, table: pd.DataFrame, params: PreprocessParams, key:
             if short:
                 entry["flags"] = [*entry["flags"], "short_clip"]
     a_shape = audio_features.audio_shape(params, m)
-    f_shape = (params.n_frames, params.frame_height, params.frame_width, 3)
+    f_shape, face_shape = params.frame_shape, params.face_shape
     n_ok = sum(e["status"] == "ok" for e in entries.values())
     per_clip = 4 * int(np.prod(a_shape)) + int(np.prod(f_shape))  # float32 audio + uint8 frames
+    per_clip += 0 if face_shape is None else int(np.prod(face_shape))
     largest = max((int((table["split"] == s).sum()) for s in SPLITS), default=0)
     # The final arrays of every split, plus the scratch arrays of the largest one: checked now,
     # because a memory-mapped write into a full disk ends the process with SIGBUS, unexplained.
@@ -734,11 +773,12 @@ def _finish(cache_dir: Path, table: pd.DataFrame, params: PreprocessParams, key:
         ids = kept["clip_id"].tolist()
         targets = kept[list(TRAITS)].to_numpy(dtype=np.float32).reshape(len(ids), len(TRAITS))
         with _machine_errors(cache_dir, f"assembling the {name} split"):
-            _assemble_split(cache_dir, name, ids, targets, parts_dir, params, m, a_shape, f_shape)
+            _assemble_split(cache_dir, name, ids, targets, parts_dir, params, m, a_shape)
         splits[name] = {"n": len(ids), "skipped": int(len(rows) - len(ids))}
     manifest = {
         "format_version": FORMAT_VERSION, "key": key, "params": params.to_dict(), "traits": list(TRAITS),
-        "audio_shape": list(a_shape), "frame_shape": list(f_shape), "mfcc_frames_mean": m,
+        "audio_shape": list(a_shape), "frame_shape": list(f_shape),
+        "face_shape": None if face_shape is None else list(face_shape), "mfcc_frames_mean": m,
         "mfcc_frames_mean_exact": m_exact, "splits": splits, "problems": _problems(entries), "clips": entries,
         "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

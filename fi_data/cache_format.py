@@ -11,13 +11,16 @@ Layout of one cache folder (``<cache_root>/<key>/``, ``key`` = hash of the param
     train/frames.npy         uint8   (n, F, H, W, 3) RGB, e.g. (n, 6, 140, 248, 3)
     train/targets.npy        float32 (n, 5), columns in ``TRAITS`` order, values in [0, 1]
     train/clip_ids.json      list of n clip ids (``<11-char YouTube id>.<NNN>``), row order
-    validation/...           same four files
-    test/...                 same four files
+    train/faces.npy          uint8   (n, F, S, S, 3) RGB face crops; only in caches built with
+                             frames "both" (``fi_data.faces``); the manifest's "face_shape" says
+    validation/...           same files
+    test/...                 same files
 
 ``manifest.json`` holds at least::
 
     {"format_version": 1, "key": str, "params": {...preprocessing parameters...},
      "traits": [...TRAITS...], "audio_shape": [...], "frame_shape": [F, H, W, 3],
+     "face_shape": [F, S, S, 3] or null,
      "mfcc_frames_mean": M, "splits": {"train": {"n": int}, ...},
      "clips": {clip_id: {"split": str, "status": "ok" | reason, "flags": [...]}},
      "versions": {library: version}}
@@ -42,6 +45,7 @@ from fi_data.traits import SPLITS, TRAITS
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 ARRAY_FILES = ("audio.npy", "frames.npy", "targets.npy")
+FACES_FILE = "faces.npy"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +58,8 @@ class SplitArrays:
         frames: uint8 array ``(n, F, H, W, 3)``, RGB.
         targets: float32 array ``(n, 5)`` in ``TRAITS`` order.
         clip_ids: tuple of ``n`` clip ids.
+        faces: uint8 array ``(n, F, S, S, 3)``, RGB face crops of the same frames, or ``None``
+            (a cache without a face stream).
     """
 
     name: str
@@ -61,6 +67,7 @@ class SplitArrays:
     frames: np.ndarray
     targets: np.ndarray
     clip_ids: tuple
+    faces: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -96,6 +103,10 @@ def write_split(cache_dir: str | os.PathLike, split: SplitArrays) -> None:
             raise ValueError(f"split {split.name!r}: {label} dtype is {arr.dtype}, expected {np.dtype(dtype)}")
     if split.frames.ndim != 5 or split.frames.shape[-1] != 3:
         raise ValueError(f"split {split.name!r}: frames shape {split.frames.shape}, expected (n, F, H, W, 3)")
+    if split.faces is not None and (split.faces.dtype != np.uint8 or split.faces.ndim != 5
+                                    or split.faces.shape[:2] != split.frames.shape[:2] or split.faces.shape[-1] != 3):
+        raise ValueError(f"split {split.name!r}: faces are {split.faces.dtype} {split.faces.shape}, expected uint8 "
+                         f"({n}, {split.frames.shape[1]}, S, S, 3)")
     if split.targets.ndim != 2 or split.targets.shape[1] != len(TRAITS):
         raise ValueError(f"split {split.name!r}: targets shape {split.targets.shape}, expected (n, {len(TRAITS)})")
     for label, arr in (("audio", split.audio), ("targets", split.targets)):
@@ -103,7 +114,10 @@ def write_split(cache_dir: str | os.PathLike, split: SplitArrays) -> None:
             raise ValueError(f"split {split.name!r}: {label} holds NaN or Inf; refusing to write the cache")
     out = Path(cache_dir) / split.name
     out.mkdir(parents=True, exist_ok=True)
-    for fname, arr in (("audio.npy", split.audio), ("frames.npy", split.frames), ("targets.npy", split.targets)):
+    files = [("audio.npy", split.audio), ("frames.npy", split.frames), ("targets.npy", split.targets)]
+    if split.faces is not None:
+        files.append((FACES_FILE, split.faces))
+    for fname, arr in files:
         tmp = out / (fname + f".tmp{os.getpid()}.npy")
         np.save(tmp, np.ascontiguousarray(arr))
         os.replace(tmp, out / fname)
@@ -154,6 +168,12 @@ class FeatureCache:
         """Shape of one clip's frames, ``(F, H, W, 3)``."""
         return tuple(self.manifest["frame_shape"])
 
+    @property
+    def face_shape(self) -> tuple | None:
+        """Shape of one clip's face crops, ``(F, S, S, 3)``, or None when the cache has no face stream."""
+        shape = self.manifest.get("face_shape")
+        return None if shape is None else tuple(shape)
+
     def split(self, name: str, mmap: bool = True) -> SplitArrays:
         """Open one split's arrays (memory-mapped unless ``mmap=False``); opened on first use only.
 
@@ -174,8 +194,14 @@ class FeatureCache:
                 arrays.append(np.load(p, mmap_mode="r" if mmap else None))
             with open(folder / "clip_ids.json", encoding="utf-8") as f:
                 clip_ids = tuple(json.load(f))
+            faces = None
+            if self.face_shape is not None:
+                p = folder / FACES_FILE
+                if not p.is_file():
+                    raise FileNotFoundError(f"{p}: missing from the cache (rebuild it with the preprocessing stage)")
+                faces = np.load(p, mmap_mode="r" if mmap else None)
             audio, frames, targets = arrays
-            self._splits[key] = SplitArrays(name, audio, frames, targets, clip_ids)
+            self._splits[key] = SplitArrays(name, audio, frames, targets, clip_ids, faces)
         return self._splits[key]
 
 
@@ -186,11 +212,13 @@ def open_cache(cache_dir: str | os.PathLike) -> FeatureCache:
 
 def write_synthetic_cache(cache_dir: str | os.PathLike, sizes: dict | None = None, *,
                           audio_shape=(24, 40, 1), frame_shape=(6, 140, 248, 3), seed: int = 0,
-                          params: dict | None = None) -> FeatureCache:
+                          params: dict | None = None, face_size: int | None = None) -> FeatureCache:
     """Write a small random but valid cache (for tests and benchmarks; no video needed).
 
     Targets are random in [0, 1]; the first trait is made learnable from the mean frame
-    brightness and the second from the audio's mean, so tiny models can beat the mean.
+    brightness and the second from the audio's mean, so tiny models can beat the mean. With
+    ``face_size``, face crops ``(F, face_size, face_size, 3)`` are written too, whose mean
+    brightness carries the third trait.
 
     Args:
         cache_dir: folder to create.
@@ -214,11 +242,17 @@ def write_synthetic_cache(cache_dir: str | os.PathLike, sizes: dict | None = Non
         frames = np.clip(frames.astype(np.int16) + rng.integers(-10, 10, size=frames.shape), 0, 255).astype(np.uint8)
         audio = rng.normal(size=(n, *audio_shape)).astype(np.float32) + targets[:, 1].reshape(n, *([1] * len(audio_shape)))
         ids = tuple(f"{split[:2]}{i:09d}.{i % 6:03d}" for i in range(n))
-        write_split(cache_dir, SplitArrays(split, audio, frames, targets, ids))
+        faces = None
+        if face_size is not None:
+            shape = (n, frame_shape[0], face_size, face_size, 3)
+            faces = np.broadcast_to((targets[:, 2] * 255).astype(np.uint8)[:, None, None, None, None], shape).copy()
+            faces = np.clip(faces.astype(np.int16) + rng.integers(-10, 10, size=shape), 0, 255).astype(np.uint8)
+        write_split(cache_dir, SplitArrays(split, audio, frames, targets, ids, faces))
         clips.update({cid: {"split": split, "status": "ok", "flags": []} for cid in ids})
     manifest = {
         "format_version": FORMAT_VERSION, "key": "synthetic", "params": params or {"synthetic": True},
         "traits": list(TRAITS), "audio_shape": list(audio_shape), "frame_shape": list(frame_shape),
+        "face_shape": None if face_size is None else [frame_shape[0], face_size, face_size, 3],
         "mfcc_frames_mean": audio_shape[1] if len(audio_shape) == 3 else None,
         "splits": {s: {"n": n} for s, n in sizes.items()}, "clips": clips, "versions": {"numpy": np.__version__},
     }

@@ -22,6 +22,22 @@ while training, centred for validation, test and prediction): 128 of the 140-pix
 leaves 12 pixels of vertical and 120 of horizontal jitter. ``search.config.SearchConfig.crop_size``
 and every function of ``fi_data.pipeline`` default to it."""
 
+FRAME_STREAMS = ("whole", "face", "both")
+"""What the cache keeps of each sampled frame (``PreprocessParams.frames``): ``whole`` the fitted
+whole frame (``frame_height x frame_width``, black bars removed), ``face`` a square crop around
+the speaker's face instead (``face_size`` pixels a side, ``fi_data.faces``), ``both`` the two
+(the model gets a visual branch for each)."""
+
+FACE_SIZE = 144
+"""Default side, in pixels, of a cached face crop (``fi_data.faces``).
+
+144 leaves the default 128-pixel random crop (:data:`CROP_SIZE`) 16 pixels of jitter on each
+axis, as the 140x248 whole frames leave it room. The face square is 1.5 of the cascade's box
+(``fi_data.faces.FACE_MARGIN``), so a 128-pixel crop spans 1.33 box sides and its largest
+shift, 16 of 144 pixels, is 0.17 box sides, the spare it has on each side: every such crop
+still holds the whole box (eyes to mouth).
+"""
+
 SCALE_FLAGS = ("area", "bilinear", "bicubic", "lanczos", "neighbor")
 """Resize algorithms by swscale's name (mapped to OpenCV's interpolations in ``fi_data.video``)."""
 
@@ -42,7 +58,8 @@ class PreprocessParams:
     The defaults (16 kHz, 512-sample window, 256 hop, Hann, 64 mel bands, top_db 80) are
     explained in ``fi_data.audio``.
 
-    Video (see ``fi_data.video``): ``n_frames`` per clip, ``frame_height`` x ``frame_width``
+    Video (see ``fi_data.video``): ``n_frames`` per clip, ``frames`` (:data:`FRAME_STREAMS`:
+    the whole frame, a face crop ``face_size`` pixels a side, or both), ``frame_height`` x ``frame_width``
     pixels, ``scale_flags`` (resize algorithm by swscale's name, ``"area"``, ``"bilinear"``,
     ``"bicubic"``, ``"lanczos"`` or ``"neighbor"``), ``skip_loop_filter`` (skip H.264 deblocking
     when decoding; faster, changes pixels slightly).
@@ -74,6 +91,12 @@ class PreprocessParams:
     padding: str = setting("pre", choices=("pre", "post"), help="where short audio is padded with zeros")
     truncating: str = setting("pre", choices=("pre", "post"), help="where long audio is cut")
     n_frames: int = setting(6, parse=positive_int, help="video frames per clip")
+    frames: str = setting(
+        "whole", choices=FRAME_STREAMS,
+        help="what the model sees of each frame: the whole frame (black bars removed), a square crop around the "
+             "speaker's face (scikit-image's LBP face cascade, median box over a few frames; no face found: an "
+             "upper-centre square and the no_face flag), or both (one visual branch each)")
+    face_size: int = setting(FACE_SIZE, parse=positive_int, help="side of the cached face crops in pixels")
     frame_height: int = setting(140, parse=positive_int, help="cached frame height in pixels")
     frame_width: int = setting(248, parse=positive_int, help="cached frame width in pixels")
     scale_flags: str = setting("area", choices=SCALE_FLAGS, help="resize algorithm (swscale's name)")
@@ -84,7 +107,7 @@ class PreprocessParams:
         if problems:
             raise ValueError(f"PreprocessParams.{problems[0]}")
         for name in ("sample_rate", "n_mfcc", "n_fft", "hop_length", "n_mels", "n_frames", "frame_height",
-                     "frame_width"):
+                     "frame_width", "face_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"PreprocessParams.{name} must be a positive integer, got {value!r}")
@@ -95,6 +118,19 @@ class PreprocessParams:
         if self.representation == "mean_mfcc" and self.standardize == "coefficient":
             raise ValueError("mean_mfcc with standardize='coefficient' would be all zeros (every row has mean 0); "
                              "use standardize='sample'")
+
+    @property
+    def frame_shape(self) -> tuple:
+        """One clip's cached ``frames``: ``(n_frames, frame_height, frame_width, 3)``, or
+        ``(n_frames, face_size, face_size, 3)`` with ``frames="face"``."""
+        if self.frames == "face":
+            return (self.n_frames, self.face_size, self.face_size, 3)
+        return (self.n_frames, self.frame_height, self.frame_width, 3)
+
+    @property
+    def face_shape(self) -> tuple | None:
+        """One clip's cached ``faces`` ``(n_frames, face_size, face_size, 3)`` with ``frames="both"``, else None."""
+        return (self.n_frames, self.face_size, self.face_size, 3) if self.frames == "both" else None
 
     def to_dict(self) -> dict:
         """The parameters as a JSON-ready dict (the manifest's ``params``)."""
@@ -114,5 +150,6 @@ class PreprocessParams:
         return cls(**d)
 
 
-CLI_PREPROCESSING = ("representation", "sample_rate", "n_mfcc", "n_mels", "n_fft", "hop_length", "n_frames")
+CLI_PREPROCESSING = ("representation", "sample_rate", "n_mfcc", "n_mels", "n_fft", "hop_length", "n_frames", "frames",
+                     "face_size")
 """The preprocessing settings the command line offers (in ``--help`` order); the others keep their defaults."""

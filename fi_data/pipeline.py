@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from fi_data.cache_format import SplitArrays
+from fi_data.params import CROP_SIZE
 from fi_data.traits import TRAITS
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -158,7 +159,7 @@ def _frame_size(frames: tf.Tensor, crop_size: int) -> tuple:
     return height, width
 
 
-def center_crop_frames(frames, crop_size: int = 128) -> tf.Tensor:
+def center_crop_frames(frames, crop_size: int = CROP_SIZE) -> tf.Tensor:
     """The exact center ``crop_size x crop_size`` window of every frame.
 
     The window starts at row ``(H - crop_size) // 2`` and column ``(W - crop_size) // 2``
@@ -186,7 +187,7 @@ def scale_frames(frames) -> tf.Tensor:
     return tf.cast(frames, tf.float32) / 255.0
 
 
-def eval_transform(audio, frames, crop_size: int = 128):
+def eval_transform(audio, frames, crop_size: int = CROP_SIZE):
     """Validation/test transform of a batch: center crop, scale; audio unchanged.
 
     Args:
@@ -267,7 +268,7 @@ def _brightness_contrast(video_uint8, delta, factor) -> tf.Tensor:
     return tf.reshape(flat, shape)
 
 
-def train_transform(audio, frames, seed, *, crop_size: int = 128, config: AugmentConfig = AugmentConfig(),
+def train_transform(audio, frames, seed, *, crop_size: int = CROP_SIZE, config: AugmentConfig = AugmentConfig(),
                     audio_masking: bool = False):
     """Training transform of a batch; a pure function of its inputs and ``seed``.
 
@@ -319,7 +320,7 @@ def train_transform(audio, frames, seed, *, crop_size: int = 128, config: Augmen
     return audio, video
 
 
-def prepare_clip(audio: np.ndarray, frames: np.ndarray, crop_size: int = 128):
+def prepare_clip(audio: np.ndarray, frames: np.ndarray, crop_size: int = CROP_SIZE):
     """One clip's cached arrays -> a model input batch of one, exactly as validation/test.
 
     Args:
@@ -354,7 +355,14 @@ def _check_split(split: SplitArrays, batch_size: int, crop_size: int, audio_mask
         raise ValueError(f"{name}: frames shape {split.frames.shape}, expected (n, F, H, W, 3)")
     if split.targets.shape != (n, len(TRAITS)):
         raise ValueError(f"{name}: targets shape {split.targets.shape}, expected ({n}, {len(TRAITS)})")
+    if split.faces is not None and (split.faces.dtype != np.uint8 or split.faces.shape[:2] != split.frames.shape[:2]
+                                    or split.faces.ndim != 5):
+        raise ValueError(f"{name}: faces are {split.faces.dtype} {split.faces.shape}, expected uint8 "
+                         f"({n}, {split.frames.shape[1]}, S, S, 3)")
     height, width = split.frames.shape[2:4]
+    if split.faces is not None:
+        height = min(height, split.faces.shape[2])
+        width = min(width, split.faces.shape[3])
     if (isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer))
             or not 1 <= crop_size <= min(height, width)):
         raise ValueError(f"{name}: crop_size {crop_size!r} must be an integer in 1..{min(height, width)} "
@@ -365,9 +373,10 @@ def _check_split(split: SplitArrays, batch_size: int, crop_size: int, audio_mask
 
 
 def make_dataset(split: SplitArrays, *, training: bool, batch_size: int, seed: int | None = 0,
-                 crop_size: int = 128, augment: bool | AugmentConfig = True, audio_masking: bool = False,
+                 crop_size: int = CROP_SIZE, augment: bool | AugmentConfig = True, audio_masking: bool = False,
                  drop_remainder: bool = False, repeat: bool = False) -> tf.data.Dataset:
-    """A ``tf.data.Dataset`` of ``((audio, video), y)`` batches from one cached split.
+    """A ``tf.data.Dataset`` of ``((audio, video), y)`` batches from one cached split
+    (``((audio, video, face), y)`` when the split has face crops).
 
     Args:
         split: the split's arrays (``FeatureCache.split(name)``; memory-mapped is best).
@@ -375,7 +384,8 @@ def make_dataset(split: SplitArrays, *, training: bool, batch_size: int, seed: i
         batch_size: clips per batch.
         seed: keys the shuffle and the augmentation: the same seed gives the same sequence
             of epochs, each with a new order and new crops. None: not reproducible.
-        crop_size: side of the square video crop, in pixels (``<= min(H, W)``).
+        crop_size: side of the square video crop, in pixels (``<= min(H, W)``, and ``<= S``
+            for face crops, which get a crop of the same side, drawn independently).
         augment: training only. True: :class:`AugmentConfig` defaults; False:
             :data:`CROP_ONLY` (the random crop, nothing else); or an ``AugmentConfig``.
         audio_masking: training only: time/frequency masking of the audio (needs audio of
@@ -386,7 +396,8 @@ def make_dataset(split: SplitArrays, *, training: bool, batch_size: int, seed: i
     Returns:
         A dataset of ``((audio, video), y)``: audio float32 ``(b, *audio_shape)``, video
         float32 ``(b, F, crop_size, crop_size, 3)`` in ``[0, 1]``, y float32 ``(b, 5)`` in
-        ``TRAITS`` order. Within a batch, clips come in ascending row order.
+        ``TRAITS`` order; with face crops ``((audio, video, face), y)``, face like video.
+        Within a batch, clips come in ascending row order.
 
     Raises:
         ValueError: for an empty split, arrays of the wrong dtype or shape, a bad
@@ -398,6 +409,8 @@ def make_dataset(split: SplitArrays, *, training: bool, batch_size: int, seed: i
         augment = AugmentConfig() if augment else CROP_ONLY
     n = len(split)
     audio_shape, frame_shape = split.audio.shape[1:], split.frames.shape[1:]
+    faces = split.faces
+    face_shape = None if faces is None else faces.shape[1:]
     # Two independent seeds, so the order and the augmentation draws are not correlated.
     shuffle_seed, augment_seed = (None, None) if seed is None else (
         int(s) for s in np.random.SeedSequence(seed).generate_state(2))
@@ -406,16 +419,19 @@ def make_dataset(split: SplitArrays, *, training: bool, batch_size: int, seed: i
         # Sorted rows read the files front to back; the batch's order does not matter to SGD,
         # and all three arrays use the same sorted rows, so clips keep their labels.
         rows = np.sort(rows)
-        return read_rows(split.audio, rows), read_rows(split.frames, rows), read_rows(split.targets, rows)
+        arrays = [read_rows(split.audio, rows), read_rows(split.frames, rows), read_rows(split.targets, rows)]
+        return arrays if faces is None else [*arrays, read_rows(faces, rows)]
 
     def load_batch(rows):
-        audio, frames, targets = tf.numpy_function(load, [rows], [tf.float32, tf.uint8, tf.float32],
-                                                   stateful=False, name="read_cache_rows")
+        dtypes = [tf.float32, tf.uint8, tf.float32] + ([] if faces is None else [tf.uint8])
+        loaded = tf.numpy_function(load, [rows], dtypes, stateful=False, name="read_cache_rows")
         batch = rows.shape[0]  # static with drop_remainder=True
-        audio.set_shape((batch, *audio_shape))
-        frames.set_shape((batch, *frame_shape))
-        targets.set_shape((batch, len(TRAITS)))
-        return audio, frames, targets
+        loaded[0].set_shape((batch, *audio_shape))
+        loaded[1].set_shape((batch, *frame_shape))
+        loaded[2].set_shape((batch, len(TRAITS)))
+        if faces is not None:
+            loaded[3].set_shape((batch, *face_shape))
+        return loaded
 
     # Order of steps (it matters):
     # 1. Shuffle row *indices*, not clips: a full-epoch buffer costs n int64s (48 KB for 6000
@@ -442,14 +458,22 @@ def make_dataset(split: SplitArrays, *, training: bool, batch_size: int, seed: i
         batches = tf.data.Dataset.zip(batches, seeds)
 
         def transform(rows, batch_seed):
-            audio, frames, targets = load_batch(rows)
+            audio, frames, targets, *face = load_batch(rows)
             audio, video = train_transform(audio, frames, batch_seed, crop_size=crop_size, config=augment,
                                            audio_masking=audio_masking)
-            return (audio, video), targets
+            if not face:
+                return (audio, video), targets
+            # the face crop draws its own window, flip and jitter (a seed folded from the batch's)
+            face_seed = tf.random.experimental.stateless_fold_in(batch_seed, 1)
+            _, face_video = train_transform(audio, face[0], face_seed, crop_size=crop_size, config=augment)
+            return (audio, video, face_video), targets
     else:
         def transform(rows):
-            audio, frames, targets = load_batch(rows)
-            return eval_transform(audio, frames, crop_size), targets
+            audio, frames, targets, *face = load_batch(rows)
+            audio, video = eval_transform(audio, frames, crop_size)
+            if not face:
+                return (audio, video), targets
+            return (audio, video, eval_transform(audio, face[0], crop_size)[1]), targets
 
     dataset = batches.map(transform, num_parallel_calls=AUTOTUNE, deterministic=True)
     return dataset.prefetch(AUTOTUNE)
@@ -462,5 +486,5 @@ def iterate_batches(split: SplitArrays, **kwargs):
         ``([audio, video], y)`` NumPy arrays, the assignment's ``([x0, x1], y)`` form, with
         the shapes and dtypes of :func:`make_dataset`. Infinite when ``repeat=True``.
     """
-    for (audio, video), targets in make_dataset(split, **kwargs).as_numpy_iterator():
-        yield [audio, video], targets
+    for inputs, targets in make_dataset(split, **kwargs).as_numpy_iterator():
+        yield list(inputs), targets

@@ -168,6 +168,7 @@ def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backb
                 depth: int = 3, width: int = 32, temporal: str = "max", temporal_units: int = 64,
                 fusion_units: int = 256, dropout: float = 0.5, head: str = "linear", target_mean=None,
                 target_std=None, statistics: StatisticsInit | None = None, weights=None,
+                face_shape=None, face_depth: int = 3, face_width: int = 32,
                 name: str = "personality_model") -> keras.Model:
     """Build the audio-visual personality model (uncompiled; see :func:`compile_model`).
 
@@ -189,13 +190,19 @@ def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backb
         statistics: a :class:`StatisticsInit`: the moments of the statistics branches and,
             optionally, the fixed ridge path (which needs ``target_mean``/``target_std``:
             the ridge predicts standardized scores).
+        face_shape: one clip's face crops ``(F, S, S, 3)``, float32 RGB in ``[0, 1]``, or None
+            (no face stream). Given, a third input ``face`` feeds its own visual branch, always
+            a learned VGG frame encoder (``face_depth`` blocks, ``face_width`` filters in the
+            first) pooled by the max over frames, and its features join the fusion: a face
+            crop carries expression and gaze, which clip statistics cannot, so this branch has
+            no statistics variant.
         name: the model's name.
 
     Returns:
         A ``keras.Model`` with inputs ``[keras.Input(audio_shape, name="audio"),
         keras.Input(video_shape, name="video")]`` (in that order, so ``model((a, v))``,
         datasets of ``((audio, video), y)`` and dicts keyed ``"audio"``/``"video"`` all
-        work) and one output ``(batch, 5)`` float32 named ``OUTPUT_NAME`` in ``TRAITS``
+        work; with ``face_shape`` a third, ``"face"``) and one output ``(batch, 5)`` float32 named ``OUTPUT_NAME`` in ``TRAITS``
         order, in label units.
 
     Raises:
@@ -229,12 +236,20 @@ def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backb
         video_features = build_visual_branch(video_shape, backbone=backbone, depth=depth, width=width,
                                              temporal=temporal, temporal_units=temporal_units,
                                              weights=weights)(video_in)
-    x = layers.Concatenate(name="fusion_concat")([audio_features, video_features])
+    inputs, streams = [audio_in, video_in], [audio_features, video_features]
+    if face_shape is not None:
+        face_in = keras.Input(tuple(face_shape), name="face")
+        inputs.append(face_in)
+        streams.append(build_visual_branch(face_shape, backbone="vgg", depth=face_depth, width=face_width,
+                                           temporal="max", name="face_branch")(face_in))
+    x = layers.Concatenate(name="fusion_concat")(streams)
     x = layers.Dense(fusion_units, activation="relu", name="fusion_dense")(x)
     x = layers.Dropout(dropout, name="fusion_dropout")(x)
     if target_mean is None:
-        outputs = layers.Dense(len(TRAITS), activation=head, name=OUTPUT_NAME)(x)
-        return keras.Model([audio_in, video_in], outputs, name=name)
+        # dtype="float32": under a mixed_float16 policy the output (and so the loss) stays float32
+        # (Keras mixed-precision guidance); under the default float32 policy nothing changes.
+        outputs = layers.Dense(len(TRAITS), activation=head, name=OUTPUT_NAME, dtype="float32")(x)
+        return keras.Model(inputs, outputs, name=name)
     # With the ridge path the learned part starts at 0: the untrained model is the ridge.
     z = layers.Dense(len(TRAITS), name="standardized_traits",
                      kernel_initializer="zeros" if ridge else "glorot_uniform")(x)
@@ -243,8 +258,8 @@ def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backb
         both = layers.Concatenate(name="statistics_concat")([audio_stats, video_stats])
         ridge_layer = layers.Dense(len(TRAITS), trainable=False, name="ridge_path")
         z = layers.Add(name="ridge_plus_residual")([ridge_layer(both), z])
-    outputs = LabelScale(target_mean, target_std, activation=head, name=OUTPUT_NAME)(z)
-    model = keras.Model([audio_in, video_in], outputs, name=name)
+    outputs = LabelScale(target_mean, target_std, activation=head, name=OUTPUT_NAME, dtype="float32")(z)
+    model = keras.Model(inputs, outputs, name=name)
     if ridge_layer is not None:
         kernel = np.asarray(statistics.ridge_kernel, dtype=np.float32)
         bias = np.asarray(statistics.ridge_bias, dtype=np.float32).reshape(-1)
@@ -257,23 +272,36 @@ def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backb
 
 
 def compile_model(model: keras.Model, *, learning_rate: float = 1e-3, loss: str = "mae",
-                  jit_compile="auto") -> keras.Model:
+                  jit_compile: bool | str = "auto") -> keras.Model:
     """Compile ``model`` with Adam, a loss from ``fi_models.losses.LOSSES`` and the 1-MAE metric.
+
+    Mixed precision: build the model under ``keras.mixed_precision.set_global_policy(
+    "mixed_float16")`` (layers then compute in float16 with float32 weights; the output layer
+    :data:`OUTPUT_NAME` is float32 whatever the policy, so the loss and metrics are float32).
+    Keras then wraps the Adam optimizer in a ``keras.optimizers.LossScaleOptimizer`` (dynamic
+    loss scaling) by itself, because the model's ``dtype_policy`` is ``mixed_float16``.
 
     Args:
         model: e.g. from :func:`build_model`.
         learning_rate: Adam's learning rate.
         loss: ``"mae"``, ``"mse"`` or ``"ccc_mae"`` (see ``fi_models.losses``).
-        jit_compile: passed to ``Model.compile`` (``"auto"``, True, False).
+        jit_compile: compile the train/test/predict steps with XLA (``Model.compile(
+            jit_compile=True)``); False runs them as plain ``tf.function`` graphs; ``"auto"``
+            (default) leaves the choice to Keras (XLA on a GPU when every layer supports it,
+            never on a CPU-only machine). XLA compiles once per model (seconds to a minute),
+            so it pays off only over many steps; ``benchmarks/bench_gpu.py --jit`` measures it.
 
     Returns:
         The same model, compiled; its metric logs as ``fi_models.metrics.ONE_MINUS_MAE``.
 
     Raises:
-        ValueError: for an unknown loss or a learning rate <= 0.
+        ValueError: for an unknown loss, a learning rate <= 0, or a ``jit_compile`` that is
+            not True, False or ``"auto"``.
     """
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+        raise ValueError(f"jit_compile must be True, False or 'auto', got {jit_compile!r}")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=get_loss(loss),
                   metrics=[OneMinusMAE()], jit_compile=jit_compile)
     return model

@@ -21,6 +21,9 @@ from keras import layers, ops
 SERVING_FRAMES_INPUT = "frames"
 """Name of the delivered model's frame input: uint8 ``(b, F, H, W, 3)`` as cached."""
 
+SERVING_FACES_INPUT = "faces"
+"""Name of its face-crop input (only for a model with a face stream): uint8 ``(b, F, S, S, 3)`` as cached."""
+
 
 @keras.saving.register_keras_serializable(package="fi_models")
 class CenterCropScale(layers.Layer):
@@ -56,7 +59,7 @@ class CenterCropScale(layers.Layer):
         return {**super().get_config(), "crop_size": self.crop_size}
 
 
-def serving_model(model: keras.Model, audio_shape, frame_shape, crop_size: int) -> keras.Model:
+def serving_model(model: keras.Model, audio_shape, frame_shape, crop_size: int, face_shape=None) -> keras.Model:
     """``model`` (inputs ``(audio, video)``, video float32 crops in [0, 1]) behind the fixed preprocessing.
 
     Args:
@@ -64,10 +67,13 @@ def serving_model(model: keras.Model, audio_shape, frame_shape, crop_size: int) 
         audio_shape: one clip's cached audio shape, e.g. ``(24, M, 1)``; passed through.
         frame_shape: one clip's cached frames, e.g. ``(6, 140, 248, 3)`` (uint8).
         crop_size: the side of the center crop the model was validated on, in pixels.
+        face_shape: one clip's cached face crops, e.g. ``(6, 144, 144, 3)`` (uint8), for a
+            model with a face stream (a third input); None otherwise.
 
     Returns:
         A ``keras.Model`` with inputs ``audio`` float32 ``(b, *audio_shape)`` and
-        :data:`SERVING_FRAMES_INPUT` uint8 ``(b, *frame_shape)``, and ``model``'s output; its
+        :data:`SERVING_FRAMES_INPUT` uint8 ``(b, *frame_shape)`` (and :data:`SERVING_FACES_INPUT`
+        uint8 ``(b, *face_shape)``, cropped the same way), and ``model``'s output; its
         predictions equal ``model.predict(fi_data.pipeline.eval_transform(audio, frames, crop_size))``.
         The inner model keeps its name (``model.get_layer(name)``).
 
@@ -76,11 +82,15 @@ def serving_model(model: keras.Model, audio_shape, frame_shape, crop_size: int) 
     """
     audio = keras.Input(tuple(audio_shape), name="audio", dtype="float32")
     frames = keras.Input(tuple(frame_shape), name=SERVING_FRAMES_INPUT, dtype="uint8")
-    video = CenterCropScale(crop_size, name="center_crop_scale")(frames)
-    return keras.Model([audio, frames], model([audio, video]), name="serving")
+    video = CenterCropScale(crop_size, name="center_crop_scale", dtype="float32")(frames)
+    if face_shape is None:
+        return keras.Model([audio, frames], model([audio, video]), name="serving")
+    faces = keras.Input(tuple(face_shape), name=SERVING_FACES_INPUT, dtype="uint8")
+    face = CenterCropScale(crop_size, name="face_center_crop_scale", dtype="float32")(faces)
+    return keras.Model([audio, frames, faces], model([audio, video, face]), name="serving")
 
 
 def takes_cached_frames(model: keras.Model) -> bool:
     """True for a :func:`serving_model` (uint8 frames in), False for a model of older run folders
     whose video input is float32 crops (those need the crop replayed from ``preprocessing.json``)."""
-    return len(model.inputs) == 2 and str(model.inputs[1].dtype) == "uint8"
+    return len(model.inputs) >= 2 and str(model.inputs[1].dtype) == "uint8"

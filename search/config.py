@@ -66,6 +66,9 @@ def tuner_spec(name: str) -> TunerSpec:
     raise UserError(f"tuner {name!r} is not one of {TUNERS}")
 
 
+JIT_CHOICES = ("auto", "on", "off")
+"""``SearchConfig.jit_compile``: Keras' ``jit_compile="auto"``, True, False (``fi_models.fusion.compile_model``)."""
+
 STRATEGIES = ("default", "mirrored")
 """How one trial trains: TensorFlow's default strategy (one device), or
 ``tf.distribute.MirroredStrategy`` (synchronous data parallelism over every GPU of a machine)."""
@@ -137,6 +140,9 @@ class SearchConfig:
         worker_timeout_s: distributed search (``search.distributed``): the chief gives a
             worker's trial to another worker after this many seconds without hearing from
             it. Workers send a heartbeat every quarter of it while they train.
+        jit_compile: one of :data:`JIT_CHOICES`: XLA for every model's train/test/predict steps.
+        mixed_precision: build every model under Keras' ``mixed_float16`` policy (outputs stay
+            float32; ``fi_models.fusion.compile_model``).
         verbose: ``model.fit`` verbosity inside trials and the retraining (0, 1 or 2).
     """
 
@@ -183,6 +189,13 @@ class SearchConfig:
         120.0, flag="--worker-timeout", parse=duration, metavar="DURATION", default_text="120s",
         help="chief: give a worker's trial to another worker after this long without a heartbeat from it, e.g. "
              "when it was killed")
+    jit_compile: str = setting(
+        "auto", flag="--jit", choices=JIT_CHOICES,
+        help="XLA compilation of the training and prediction steps: auto (Keras decides: on a GPU when every layer "
+             "supports it, never on a CPU), on, or off")
+    mixed_precision: bool = setting(
+        False, help="train in mixed precision (Keras' mixed_float16 policy: float16 compute, float32 weights and "
+                    "outputs, dynamic loss scaling): faster on GPUs with tensor cores, slower on a CPU")
     verbose: int = setting(1, parse=int, choices=(0, 1, 2),
                            help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch and "
                                 "TensorFlow's start-up lines")

@@ -19,6 +19,8 @@ branches (conv2d / BLSTM / Conv1D audio, VGG + max / LSTM frames) stay in the sp
       vgg_width          16 | 32 | 64            only when backbone == vgg   (default 32)
       temporal           max | lstm | gru        only when backbone != stats (default max)
         temporal_units   32 | 64 | 128           only when temporal != max  (default 64)
+    face_vgg_depth       1..min(5, log2(crop))   only with a face stream     (default 3)
+    face_vgg_width       16 | 32 | 64            only with a face stream     (default 32)
     fusion_units         64 | 128 | 256 | 512    dense width after fusion    (default 256)
     dropout              0.0 .. 0.6, step 0.1                                (default 0.5)
     head                 linear | sigmoid                                    (default linear)
@@ -40,6 +42,7 @@ import dataclasses
 import math
 import warnings
 
+import keras
 import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
@@ -49,6 +52,7 @@ from fi_data.errors import UserError
 from fi_data.params import CROP_SIZE
 from fi_data.pipeline import make_dataset
 from fi_data.settings import default_of
+from search.baselines import statistics_init
 from search.config import SearchConfig
 from fi_models.audio import AUDIO_BRANCHES, compatible_audio_branches
 from fi_models.fusion import HEADS, STATS, build_model, compile_model, target_statistics
@@ -64,7 +68,13 @@ warnings.filterwarnings("ignore", message="Skipping variable loading for optimiz
 HYPERPARAMETERS = ("audio_branch", "backbone", "vgg_depth", "vgg_width", "temporal", "temporal_units",
                    "fusion_units", "dropout", "head", "standardize_targets", "ridge_path", "loss",
                    "learning_rate", "batch_size")
-"""Names of every hyperparameter the HyperModel declares (keys of ``fixed``)."""
+"""Names of every hyperparameter the HyperModel declares on a cache without face crops (keys of ``fixed``)."""
+
+FACE_HYPERPARAMETERS = ("face_vgg_depth", "face_vgg_width")
+"""Declared too when the cache has face crops (preprocessing frames "both"): the face branch."""
+
+KNOWN_HYPERPARAMETERS = HYPERPARAMETERS + FACE_HYPERPARAMETERS
+"""Every name ``--fix`` / ``--choices`` and a saved configuration may use."""
 
 DEFAULT_BATCH_SIZES = default_of(SearchConfig, "batch_sizes")
 """The search's default batch sizes (``SearchConfig.batch_sizes``), the first being the default."""
@@ -95,13 +105,14 @@ def value_rules(crop_size: int = CROP_SIZE, allow_resnet: bool = False) -> dict:
     values ``fi_models.fusion.build_model`` can build: the right type and a usable range.
 
     Returns:
-        dict name -> ``(predicate, description)`` for every name in :data:`HYPERPARAMETERS`.
+        dict name -> ``(predicate, description)`` for every name in :data:`KNOWN_HYPERPARAMETERS`.
     """
     return {
         "audio_branch": _one_of((STATS, *AUDIO_BRANCHES)),
         "backbone": _one_of((STATS, *(BACKBONES if allow_resnet else ("vgg",)))),
         "vgg_depth": _int_in(1, max(1, min(5, int(math.log2(crop_size))))),
-        "vgg_width": _int_in(1), "temporal": _one_of(TEMPORAL_CHOICES), "temporal_units": _int_in(1),
+        "vgg_width": _int_in(1),
+        "face_vgg_depth": _int_in(1, max(1, min(5, int(math.log2(crop_size))))), "face_vgg_width": _int_in(1), "temporal": _one_of(TEMPORAL_CHOICES), "temporal_units": _int_in(1),
         "fusion_units": _int_in(1), "dropout": _float_in(0.0, 1.0, high_open=True), "head": _one_of(HEADS),
         "standardize_targets": _one_of((True, False)), "ridge_path": _one_of((True, False)),
         "loss": _one_of(LOSSES), "learning_rate": _float_in(0.0, 1.0, low_open=True), "batch_size": _int_in(1),
@@ -127,7 +138,7 @@ def check_hyperparameter_values(fixed: dict, choices: dict, *, crop_size: int = 
     for flag, entries in (("--fix", {k: [v] for k, v in fixed.items()}), ("--choices", choices)):
         for name, values in entries.items():
             if name not in rules:
-                problems.append(f"{flag} {name}: unknown hyperparameter; known: {', '.join(HYPERPARAMETERS)}")
+                problems.append(f"{flag} {name}: unknown hyperparameter; known: {', '.join(KNOWN_HYPERPARAMETERS)}")
                 continue
             if not values:
                 problems.append(f"{flag} {name}: no values given")
@@ -161,6 +172,8 @@ class PersonalityHyperModel(kt.HyperModel):
         augment, audio_masking: training-split augmentation, see ``fi_data.pipeline``.
         seed: seed of the input pipeline's shuffling and augmentation.
         verbose: ``model.fit`` verbosity.
+        jit_compile: ``"auto"``, ``"on"`` or ``"off"``: XLA for every model (``compile_model``).
+        mixed_precision: build every model under Keras' ``mixed_float16`` policy.
 
     Raises:
         ValueError: a ``fixed``/``choices`` problem of :func:`check_hyperparameter_values`, or
@@ -170,7 +183,8 @@ class PersonalityHyperModel(kt.HyperModel):
     def __init__(self, cache: FeatureCache, *, batch_sizes=DEFAULT_BATCH_SIZES, crop_size: int = CROP_SIZE,
                  allow_resnet: bool = False, fixed: dict | None = None, choices: dict | None = None,
                  augment: bool = True,
-                 audio_masking: bool = False, seed: int = 0, verbose: int = 0):
+                 audio_masking: bool = False, seed: int = 0, verbose: int = 0, jit_compile: str = "auto",
+                 mixed_precision: bool = False):
         super().__init__(name="personality_hypermodel")
         self.cache = cache
         self.batch_sizes = tuple(int(b) for b in batch_sizes)
@@ -186,8 +200,13 @@ class PersonalityHyperModel(kt.HyperModel):
         self.audio_masking = audio_masking
         self.seed = seed
         self.verbose = verbose
+        self.jit_compile = {"auto": "auto", "on": True, "off": False}[jit_compile]
+        self.mixed_precision = bool(mixed_precision)
         self.audio_shape = tuple(cache.audio_shape)
         self.video_shape = (int(cache.frame_shape[0]), self.crop_size, self.crop_size, 3)
+        # a cache with face crops (frames "both") gives the model a face stream of the same crop
+        self.face_shape = None if cache.face_shape is None else (int(cache.face_shape[0]), self.crop_size,
+                                                                 self.crop_size, 3)
         self.audio_branches = compatible_audio_branches(self.audio_shape)
         if not self.audio_branches:
             raise UserError(f"{cache.path}: cached audio of shape {self.audio_shape} fits no audio branch; "
@@ -208,8 +227,6 @@ class PersonalityHyperModel(kt.HyperModel):
     def statistics(self):
         """The ``fi_models.fusion.StatisticsInit`` of the TRAINING split (computed once, seconds)."""
         if self._statistics is None:
-            from search.baselines import statistics_init
-
             mean, std = self.target_stats
             self._statistics = statistics_init(self.cache.split("train"), mean, std, crop_size=self.crop_size)
         return self._statistics
@@ -248,6 +265,11 @@ class PersonalityHyperModel(kt.HyperModel):
             with hp.conditional_scope("temporal", [t for t in TEMPORAL_CHOICES if t != "max"]):
                 v["temporal_units"] = d(hp, "temporal_units",
                                         lambda: hp.Choice("temporal_units", [32, 64, 128], default=64))
+        if self.face_shape is not None:
+            v["face_vgg_depth"] = d(hp, "face_vgg_depth", lambda: hp.Int("face_vgg_depth", 1, self.max_vgg_depth,
+                                                                         default=min(3, self.max_vgg_depth)))
+            v["face_vgg_width"] = d(hp, "face_vgg_width", lambda: hp.Choice("face_vgg_width", [16, 32, 64],
+                                                                            default=32))
         v["fusion_units"] = d(hp, "fusion_units", lambda: hp.Choice("fusion_units", [64, 128, 256, 512],
                                                                     default=256))
         v["dropout"] = d(hp, "dropout", lambda: hp.Float("dropout", 0.0, 0.6, step=0.1, default=0.5))
@@ -272,9 +294,12 @@ class PersonalityHyperModel(kt.HyperModel):
 
         Returns:
             A compiled ``keras.Model``: inputs audio ``(b, *audio_shape)`` and video
-            ``(b, F, crop, crop, 3)`` float32 in [0, 1]; output ``(b, 5)`` in ``TRAITS`` order.
+            ``(b, F, crop, crop, 3)`` float32 in [0, 1] (and face, the same, for a cache with
+            face crops); output ``(b, 5)`` in ``TRAITS`` order.
         """
         v = self.declare(hp)
+        # every model of this process is built under the same policy (Keras keeps it globally)
+        keras.config.set_dtype_policy("mixed_float16" if self.mixed_precision else "float32")
         visual = {"depth": v["vgg_depth"], "width": v["vgg_width"]} if v["backbone"] == "vgg" else {}
         for key in ("temporal", "temporal_units"):
             if key in v:
@@ -285,10 +310,12 @@ class PersonalityHyperModel(kt.HyperModel):
             statistics = self.statistics
             if not v.get("ridge_path"):
                 statistics = dataclasses.replace(statistics, ridge_kernel=None, ridge_bias=None)
+        if self.face_shape is not None:
+            visual.update(face_shape=self.face_shape, face_depth=v["face_vgg_depth"], face_width=v["face_vgg_width"])
         model = build_model(self.audio_shape, self.video_shape, audio_branch=v["audio_branch"],
                             backbone=v["backbone"], fusion_units=v["fusion_units"], dropout=v["dropout"],
                             head=v["head"], target_mean=mean, target_std=std, statistics=statistics, **visual)
-        return compile_model(model, learning_rate=v["learning_rate"], loss=v["loss"])
+        return compile_model(model, learning_rate=v["learning_rate"], loss=v["loss"], jit_compile=self.jit_compile)
 
     def datasets(self, batch_size: int, *, train_splits=("train",), validation: bool = True) -> tuple:
         """The training dataset (of one or more splits) and the validation dataset (or None).

@@ -96,7 +96,7 @@ def _predict(model, record: dict, inputs, passwords, batch_size: int, tmp_dir: P
     mfcc_frames, crop_size = record.get("mfcc_frames_mean"), int(record["crop_size"])
     if takes_cached_frames(model):  # the model crops and scales: the cached arrays go in as they are
         def model_input(clip):
-            return clip.audio[None], clip.frames[None]
+            return (clip.audio[None], clip.frames[None]) + (() if clip.faces is None else (clip.faces[None],))
     else:  # a run folder of an older version: its model takes float crops, replay them
         def model_input(clip):
             return prepare_clip(clip.audio, clip.frames, crop_size)
@@ -105,15 +105,14 @@ def _predict(model, record: dict, inputs, passwords, batch_size: int, tmp_dir: P
         raise UserError(f"no .mp4 clip found in {[str(p) for p in inputs]}")
 
     rows = [{"clip": where, "source": where, "status": reason, "flags": ""} for where, reason in problems]
-    pending = []  # (row, audio, video)
+    pending = []  # (row, model inputs of one clip)
 
     def flush():
         if not pending:
             return
-        audio = np.concatenate([a for _, a, _ in pending])
-        video = np.concatenate([v for _, _, v in pending])
-        preds = np.asarray(model.predict((audio, video), verbose=0, batch_size=batch_size), dtype=np.float64)
-        for (row, _, _), pred in zip(pending, preds):
+        inputs = tuple(np.concatenate(arrays) for arrays in zip(*(x for _, x in pending)))
+        preds = np.asarray(model.predict(inputs, verbose=0, batch_size=batch_size), dtype=np.float64)
+        for (row, _), pred in zip(pending, preds):
             row.update(dict(zip(TRAITS, pred.tolist())))
         pending.clear()
 
@@ -131,8 +130,7 @@ def _predict(model, record: dict, inputs, passwords, batch_size: int, tmp_dir: P
             detail = clip.detail.strip().splitlines()[0] if clip.detail.strip() else ""
             row["status"] = clip.status + (f": {detail}" if detail else "")
             continue
-        audio, video = model_input(clip)
-        pending.append((row, audio, video))
+        pending.append((row, model_input(clip)))
         if len(pending) >= batch_size:
             flush()
     flush()

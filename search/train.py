@@ -24,11 +24,11 @@ from fi_data.pipeline import make_dataset
 from fi_data.traits import SPLITS, TRAITS
 from fi_models.fusion import OUTPUT_NAME
 from fi_models.metrics import score_predictions
-from fi_models.serving import SERVING_FRAMES_INPUT, serving_model
+from fi_models.serving import SERVING_FACES_INPUT, SERVING_FRAMES_INPUT, serving_model
 from search.baselines import ridge_baseline
 from search.config import SearchConfig
 from search.evaluation import cluster_bootstrap, identity_lookup_predictions
-from search.hypermodel import HYPERPARAMETERS, PersonalityHyperModel
+from search.hypermodel import KNOWN_HYPERPARAMETERS, PersonalityHyperModel
 from search.runs import BestHyperparameters, RunPaths, cache_identity, load_best_hyperparameters
 from search.tensorboard_logs import BestObjective, ValidationCorrelations, hparams_callback
 from search.tuner import OBJECTIVE, DeadlineStop, make_hypermodel
@@ -145,6 +145,10 @@ def preprocessing_record(cache: FeatureCache, hypermodel: PersonalityHyperModel)
             "frames": {"name": SERVING_FRAMES_INPUT, "shape": list(cache.frame_shape), "dtype": "uint8",
                        "note": "the cached frames as they are: the model center-crops (crop_size) and scales "
                                "them to [0, 1] in its first layer (fi_models.serving)"},
+            **({} if cache.face_shape is None else {"faces": {
+                "name": SERVING_FACES_INPUT, "shape": list(cache.face_shape), "dtype": "uint8",
+                "note": "the cached face crops as they are (preprocessing frames 'both'), cropped and scaled "
+                        "like the frames"}}),
         },
         "output": {"shape": [len(TRAITS)], "traits": list(TRAITS), "units": "label units, [0, 1]"},
         "crop_size": hypermodel.crop_size,
@@ -213,9 +217,9 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
     paths = RunPaths(Path(run_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     best = _as_best(hyperparameters)
-    unknown = sorted(set(best.values) - set(HYPERPARAMETERS))
+    unknown = sorted(set(best.values) - set(KNOWN_HYPERPARAMETERS))
     if unknown:
-        raise ValueError(f"unknown hyperparameters {unknown}; known: {list(HYPERPARAMETERS)}")
+        raise ValueError(f"unknown hyperparameters {unknown}; known: {list(KNOWN_HYPERPARAMETERS)}")
     hypermodel = hypermodel or make_hypermodel(cache, config)
     keras.backend.clear_session()
     shutil.rmtree(paths.retrain_tensorboard, ignore_errors=True)
@@ -233,7 +237,8 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
         members.append(_fit_one(hypermodel, _as_best(values), config, config.seed,
                                 paths.retrain_tensorboard / f"ensemble{k}")["model"])
     delivered = averaging_model([model, *members]) if members else model
-    _save_model(serving_model(delivered, cache.audio_shape, cache.frame_shape, hypermodel.crop_size), paths.best_model)
+    _save_model(serving_model(delivered, cache.audio_shape, cache.frame_shape, hypermodel.crop_size,
+                              cache.face_shape), paths.best_model)
     write_json_atomic(paths.preprocessing, preprocessing_record(cache, hypermodel))
     hist = pd.DataFrame(history.history)
     hist.insert(0, "epoch", np.asarray(history.epoch) + 1)
@@ -331,7 +336,7 @@ def averaging_model(members: list, name: str = "ensemble") -> keras.Model:
     inputs = [keras.Input(tuple(t.shape[1:]), name=t.name.split(":")[0], dtype=t.dtype) for t in first.inputs]
     for k, m in enumerate(members):
         m.name = f"member_{k}"
-    outputs = keras.layers.Average(name=OUTPUT_NAME)([m(inputs) for m in members])
+    outputs = keras.layers.Average(name=OUTPUT_NAME, dtype="float32")([m(inputs) for m in members])
     return keras.Model(inputs, outputs, name=name)
 
 

@@ -352,7 +352,8 @@ def make_hypermodel(cache: FeatureCache, config: SearchConfig) -> PersonalityHyp
     return PersonalityHyperModel(cache, batch_sizes=config.batch_sizes, crop_size=config.crop_size,
                                  allow_resnet=config.allow_resnet, fixed=config.fixed_hyperparameters,
                                  choices=config.hyperparameter_choices, augment=config.augment, audio_masking=config.audio_masking,
-                                 seed=config.seed, verbose=config.verbose)
+                                 seed=config.seed, verbose=config.verbose, jit_compile=config.jit_compile,
+                                 mixed_precision=config.mixed_precision)
 
 
 _TUNER_CLASSES = {cls.__name__: cls for cls in (_HyperbandOracle, _RandomSearchOracle, _BayesianOracle,
@@ -629,4 +630,4 @@ def record_search(tuner: kt.Tuner, paths: RunPaths, config: SearchConfig, stoppe
                                best_epoch=best_epoch(best_trial), objective=OBJECTIVE.name)
     best.save(paths.best_hyperparameters)
     save_top_hyperparameters(top_configurations(tuner.oracle.trials.values()), paths.top_hyperparameters)
-    return SearchResult(paths, best, table, stopped_by, elapsed, config)
+    return SearchResult(paths, best, table, stopped_by, elapsed_s, config)
