@@ -209,6 +209,29 @@ def test_predict_matches_the_model_on_the_cached_test_clip(finished_run):
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def test_predict_still_scores_a_run_folder_of_an_older_version(finished_run, tmp_path):
+    """A best_model.keras saved before the crop moved into the model takes float crops; predict
+    replays the recorded crop for it and gives the same scores."""
+    import shutil
+
+    import keras
+
+    from fi_models.serving import takes_cached_frames
+    from search.predict import predict_clips
+
+    old = tmp_path / "old_run"
+    shutil.copytree(finished_run["run_dir"], old)
+    served = keras.saving.load_model(old / "best_model.keras")
+    inner = next(layer for layer in served.layers if isinstance(layer, keras.Model))
+    inner.save(old / "best_model.keras")  # what older versions saved: inputs (audio, float32 crops)
+    assert not takes_cached_frames(keras.saving.load_model(old / "best_model.keras"))
+    predictions = pd.read_csv(old / "predictions.csv")
+    test_row = predictions[predictions["split"] == "test"].iloc[0]
+    table = predict_clips(old, [finished_run["clips_dir"] / f"{test_row['clip_id']}.mp4"])
+    np.testing.assert_allclose(table.iloc[0][list(TRAITS)].to_numpy(dtype=float),
+                               test_row[[f"pred_{t}" for t in TRAITS]].to_numpy(dtype=float), atol=1e-4)
+
+
 def test_predict_command_writes_csv_and_json(finished_run, tmp_path, capsys):
     good = tmp_path / "someone.mp4"
     _make_clip(good)
