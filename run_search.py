@@ -155,10 +155,11 @@ def _add_search_args(p: argparse.ArgumentParser, retrain: bool = True) -> None:
                         "CPU-sized models: " + " ".join(f"{k}={','.join(map(str, v))}"
                                                        for k, v in DEMO_CHOICES.items()))
     add_setting_arguments(g, SearchConfig, ["early_stopping_patience"])
-    g.add_argument("--trials-per-process", type=int, default=10, metavar="N",
+    per_process = default_of(SearchConfig, "trials_per_process")
+    g.add_argument("--trials-per-process", type=int, default=per_process, metavar="N",
                    help="run trials in fresh child processes of at most N trials each, resuming the same "
                         "project, so memory stays bounded over long searches (TensorFlow grows ~30 MiB per "
-                        "trial in one process); 0 runs every trial in this process (default: 10)")
+                        f"trial in one process); 0 runs every trial in this process (default: {per_process})")
     add_setting_arguments(g, SearchConfig, ["max_consecutive_failures", "jit_compile", "mixed_precision"])
     g = p.add_argument_group(
         "distributed tuning",
