@@ -18,6 +18,16 @@ For any clip (an ``.mp4`` file, a folder or zip archive of them, or an archive l
    meanings, the probe facts (sizes, rotation, frame counts, audio frames, padded share), the
    crop boxes and the preprocessing used (a run's ``preprocessing.json``, or the defaults).
 
+With a face stream (``PreprocessParams.frames`` ``"face"`` or ``"both"``, ``fi_data.faces``)
+the figure also shows the face crops (``face_size x face_size``) as cached, with the model's
+centre crop of them drawn dashed in cyan, and those centre crops; with ``"face"`` they are
+the cached frames themselves (rows 1 and 2 are face crops and there is no whole frame), with
+``"both"`` they are two more rows after the whole frames'. On the source frame the clip's face
+box (``info["face"]``, source pixels, one square per clip) is drawn in cyan with the face
+centre crop mapped back into it (dashed); the text panel gives the box and how it was found
+(a face in k of n searched frames, or no face found: the fallback square and the ``no_face``
+flag). Whole-frame preprocessing (the default) draws exactly the figure described above.
+
 The features come from :func:`fi_data.cache.extract_clip_features`, the cache's own code, with
 a run's recorded preprocessing (:func:`run_preprocessing`) or the defaults
 (:func:`default_preprocessing`: ``PreprocessParams()``, crop 128, M = None). With M = None the
@@ -49,6 +59,7 @@ from fi_data.archives import LOCATOR_SEP, ArchiveError, clear_spools, open_clip,
 from fi_data.cache import CLIP_FLAGS, ClipFeatures, PreprocessParams, extract_clip_features
 from fi_data.discovery import find_videos
 from fi_data.errors import UserError
+from fi_data.faces import FALLBACK_SIDE, FaceBox
 from fi_data.params import CROP_SIZE
 from fi_data.ffmpeg_tools import MediaError, decode_clip
 from fi_data.video import CropBox, evenly_spaced_indices, fit_geometry, source_chain
@@ -116,10 +127,13 @@ def run_preprocessing(run_dir: str | os.PathLike) -> Preprocessing:
 
 
 def check_crop_size(params: PreprocessParams, crop_size: int, what: str = "crop size") -> None:
-    """Raise :class:`UserError` unless ``1 <= crop_size <= min(frame_height, frame_width)``."""
-    if not 1 <= crop_size <= min(params.frame_height, params.frame_width):
-        raise UserError(f"{what} {crop_size}: must be between 1 and the cached frame size "
-                        f"({params.frame_height}x{params.frame_width} pixels)")
+    """Raise :class:`UserError` unless ``1 <= crop_size <=`` the short side of every cached stream
+    (``frame_height x frame_width`` frames, ``face_size`` face crops; ``params.frame_shape`` and
+    ``params.face_shape``)."""
+    for stream, shape in (("frame", params.frame_shape), ("face crop", params.face_shape)):
+        if shape is not None and not 1 <= crop_size <= min(shape[1:3]):
+            raise UserError(f"{what} {crop_size}: must be between 1 and the cached {stream} size "
+                            f"({shape[1]}x{shape[2]} pixels)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,6 +183,36 @@ def crop_in_source(bars: CropBox, params: PreprocessParams, crop_size: int) -> t
         return min(max(bars.left + (column - g.pad_left + g.crop_left) * sx, bars.left), bars.right)
 
     return (x_at(crop.left), bars.top + crop.top * sy, x_at(crop.right), bars.top + crop.bottom * sy)
+
+
+def face_crop_in_source(face: dict | FaceBox, face_size: int, crop_size: int) -> tuple[float, float, float, float]:
+    """The model's centre crop of a face crop mapped back into displayed source pixels.
+
+    A face crop is the clip's face square (``info["face"]``, source pixels) resized to
+    ``face_size x face_size`` (``fi_data.faces.crop_faces``), so a cached pixel is
+    ``size / face_size`` source pixels on both axes.
+
+    Args:
+        face: the face box (``ClipFeatures.info["face"]`` or a :class:`fi_data.faces.FaceBox`).
+        face_size: the cached face crops' side (``PreprocessParams.face_size``).
+        crop_size: the centre crop's side in cached pixels.
+
+    Returns:
+        ``(left, top, right, bottom)`` floats in source pixels (right/bottom exclusive edges).
+
+    Raises:
+        ValueError: for a crop larger than the face crops.
+    """
+    face = face.to_dict() if isinstance(face, FaceBox) else face
+    crop = centre_crop_box(face_size, face_size, crop_size)
+    scale = face["size"] / face_size
+    return (face["left"] + crop.left * scale, face["top"] + crop.top * scale,
+            face["left"] + crop.right * scale, face["top"] + crop.bottom * scale)
+
+
+def _face_square(face: dict) -> CropBox:
+    """The face box dict as a :class:`CropBox` (exclusive bottom/right)."""
+    return CropBox(face["top"], face["top"] + face["size"], face["left"], face["left"] + face["size"])
 
 
 def decode_source_frame(path: str | os.PathLike, info: dict, params: PreprocessParams, index: int, *,
@@ -223,7 +267,10 @@ def clip_facts(source: str, clip: ClipFeatures | None, prep: Preprocessing, stat
         its meaning), ``source_size`` / ``coded_size`` / ``rotation``, ``video_frames`` /
         ``frame_count_hint`` and the sampled indices, ``audio_frames`` (and seconds) with M and
         ``audio_padded_share`` when present, the black-bar ``crop`` box, the model's centre
-        crop in cached and in source pixels, the input shapes and the preprocessing.
+        crop in cached and in source pixels, the input shapes and the preprocessing. With a
+        face stream (``frames`` ``"face"`` or ``"both"``) also the face box in source pixels with
+        ``face found in k of n searched frames`` (or ``no face found: fallback square``) and the
+        model's centre crop of the face crops; with ``"face"`` that replaces the whole frame's.
     """
     params, info = prep.params, (clip.info if clip is not None else {})
     status = status or (clip.status if clip is not None else "open_failed")
@@ -253,17 +300,41 @@ def clip_facts(source: str, clip: ClipFeatures | None, prep: Preprocessing, stat
         bars = CropBox(**info["crop"])
         whole = (bars.top, bars.left) == (0, 0) and [bars.right, bars.bottom] == list(info.get("source_size", []))
         lines.append(f"black-bar crop box (source px): {_box_text(bars)}" + ("  = whole frame, no bars" if whole else ""))
-        left, top, right, bottom = crop_in_source(bars, params, prep.crop_size)
-        lines.append(f"model centre crop: {_box_text(centre_crop_box(params.frame_height, params.frame_width, prep.crop_size))}"
-                     f" of the {params.frame_width}x{params.frame_height} cached frame = source px x {left:.1f}..{right:.1f}, "
-                     f"y {top:.1f}..{bottom:.1f}")
+        if params.frames != "face":
+            left, top, right, bottom = crop_in_source(bars, params, prep.crop_size)
+            lines.append(f"model centre crop: {_box_text(centre_crop_box(params.frame_height, params.frame_width, prep.crop_size))}"
+                         f" of the {params.frame_width}x{params.frame_height} cached frame = source px x {left:.1f}..{right:.1f}, "
+                         f"y {top:.1f}..{bottom:.1f}")
+    if "face" in info:
+        lines += _face_facts(info["face"], params, prep.crop_size)
     if clip is not None and clip.audio is not None:
-        lines.append(f"model inputs: audio float32 {tuple(clip.audio.shape)}, video float32 "
-                     f"{(params.n_frames, prep.crop_size, prep.crop_size, 3)} in [0, 1]")
+        shape = (params.n_frames, prep.crop_size, prep.crop_size, 3)
+        video = {"whole": f"video float32 {shape}", "face": f"video float32 {shape} (face crops)",
+                 "both": f"video float32 {shape}, face float32 {shape}"}[params.frames]
+        lines.append(f"model inputs: audio float32 {tuple(clip.audio.shape)}, {video} in [0, 1]")
     lines.append(f"preprocessing: {prep.origin}")
+    faces = f"face crops of {params.face_size}x{params.face_size}"
+    frames = f"{params.n_frames} frames of {params.frame_width}x{params.frame_height}"
+    frames = {"whole": frames, "face": f"frames face: {params.n_frames} {faces}",
+              "both": f"frames both: {frames} + {faces}"}[params.frames]
     lines.append(f"  {params.representation}, n_mfcc {params.n_mfcc}, n_mels {params.n_mels}, sample_rate "
-                 f"{params.sample_rate} Hz, n_fft {params.n_fft}, hop {params.hop_length}, {params.n_frames} frames "
-                 f"of {params.frame_width}x{params.frame_height} ({params.scale_flags}), crop {prep.crop_size}")
+                 f"{params.sample_rate} Hz, n_fft {params.n_fft}, hop {params.hop_length}, {frames} "
+                 f"({params.scale_flags}), crop {prep.crop_size}")
+    return lines
+
+
+def _face_facts(face: dict, params: PreprocessParams, crop_size: int) -> list[str]:
+    """The face box line (how it was found) and the model's centre crop of the face crops."""
+    found, searched = face["found"], face["searched"]
+    how = (f"face found in {found} of {searched} searched frames (median box, widened)" if found else
+           f"no face found: fallback square (none in {searched} searched frames; upper centre, {FALLBACK_SIDE:g} "
+           "of the picture's short side)")
+    lines = [f"face box (source px): {_box_text(_face_square(face))}; {how}"]
+    s = params.face_size
+    if 1 <= crop_size <= s:
+        left, top, right, bottom = face_crop_in_source(face, s, crop_size)
+        lines.append(f"model face centre crop: {_box_text(centre_crop_box(s, s, crop_size))} of the {s}x{s} face crop "
+                     f"= source px x {left:.1f}..{right:.1f}, y {top:.1f}..{bottom:.1f}")
     return lines
 
 
@@ -275,18 +346,33 @@ def _round_up(inches: float) -> float:
     return float(np.ceil(inches / _STEP) * _STEP)
 
 
-def figure_size(n_frames: int | None, n_lines: int) -> tuple[float, float]:
+def figure_size(n_frames: int | None, n_lines: int, streams: int = 1) -> tuple[float, float]:
     """The figure's ``(width, height)`` in inches, multiples of 1/8 inch (so a PNG at
     :data:`DPI` is exactly ``width * DPI`` x ``height * DPI`` pixels).
 
     Args:
         n_frames: frames per clip for the full figure, or ``None`` for the text panel alone.
         n_lines: lines of the text panel.
+        streams: cached image streams drawn (two rows each): 1 (whole frames or face crops),
+            2 with ``frames="both"``.
     """
     text = 0.5 + TEXT_LINE_INCHES * n_lines
     if n_frames is None:
         return 14.0, _round_up(text)
-    return max(14.0, 2.25 * n_frames), _round_up(1.9 + 2.2 + 3.6 + text)
+    return max(14.0, 2.25 * n_frames), _round_up((1.9 + 2.2) * streams + 3.6 + text)
+
+
+FACE_COLOUR = "tab:cyan"
+"""Colour of the face box and of the model's centre crop of the face crops (the whole frame's are red)."""
+
+
+def _streams(clip: ClipFeatures, params: PreprocessParams) -> list[tuple[str, np.ndarray]]:
+    """``[(kind, uint8 (F, h, w, 3)), ...]``: the cached image streams of a clip, ``"whole"`` and/or ``"face"``."""
+    if params.frames == "face":
+        return [("face", clip.frames)]
+    if params.frames == "both" and clip.faces is not None:
+        return [("whole", clip.frames), ("face", clip.faces)]
+    return [("whole", clip.frames)]
 
 
 def inspect_figure(source: str, clip: ClipFeatures | None, prep: Preprocessing, source_frame: np.ndarray | None = None,
@@ -310,7 +396,9 @@ def inspect_figure(source: str, clip: ClipFeatures | None, prep: Preprocessing, 
     """
     facts = clip_facts(source, clip, prep) if facts is None else facts
     full = clip is not None and clip.status == "ok" and clip.frames is not None
-    fig = Figure(figsize=figure_size(clip.frames.shape[0] if full else None, len(facts)), layout="constrained")
+    streams = _streams(clip, prep.params) if full else []
+    fig = Figure(figsize=figure_size(clip.frames.shape[0] if full else None, len(facts), max(1, len(streams))),
+                 layout="constrained")
     status = clip.status if clip is not None else "open_failed"
     flags = list(clip.flags) if clip is not None else []
     fig.suptitle(f"{source}\nstatus {status}" + (f"; flags: {', '.join(flags)}" if flags else ""), fontsize=10,
@@ -320,30 +408,38 @@ def inspect_figure(source: str, clip: ClipFeatures | None, prep: Preprocessing, 
         _text_panel(ax, facts)
         return fig
 
-    params, frames = prep.params, clip.frames
-    n_frames, height, width = frames.shape[:3]
-    crop = centre_crop_box(height, width, prep.crop_size)
+    params = prep.params
     text_h = 0.5 + TEXT_LINE_INCHES * len(facts)
-    outer = fig.add_gridspec(4, 1, height_ratios=[1.9, 2.2, 3.6, text_h])
-    row0, row1 = outer[0].subgridspec(1, n_frames), outer[1].subgridspec(1, n_frames)
-    for f in range(n_frames):
-        ax = fig.add_subplot(row0[0, f])
-        ax.imshow(frames[f])
-        ax.add_patch(Rectangle((crop.left - 0.5, crop.top - 0.5), prep.crop_size, prep.crop_size, fill=False,
-                               edgecolor="tab:red", linestyle="--", linewidth=1))
-        ax.set_axis_off()
-        ax.set_title(f"cached frame {f + 1} ({width}x{height})" if f == 0 else f"frame {f + 1}", fontsize=8)
-        ax = fig.add_subplot(row1[0, f])
-        ax.imshow(frames[f, crop.top:crop.bottom, crop.left:crop.right])
-        ax.set_axis_off()
-        ax.set_title(f"centre crop {prep.crop_size}x{prep.crop_size} (val/test)" if f == 0 else f"crop {f + 1}",
-                     fontsize=8)
-    row2 = outer[2].subgridspec(1, 2, width_ratios=[1, 1.8])
+    outer = fig.add_gridspec(2 * len(streams) + 2, 1, height_ratios=[1.9, 2.2] * len(streams) + [3.6, text_h])
+    for k, (kind, frames) in enumerate(streams):
+        _stream_rows(fig, outer[2 * k], outer[2 * k + 1], kind, frames, prep.crop_size)
+    row2 = outer[2 * len(streams)].subgridspec(1, 2, width_ratios=[1, 1.8])
     if source_frame is not None:
         _source_panel(fig.add_subplot(row2[0, 0]), source_frame, clip.info, params, prep.crop_size)
     _audio_panel(fig, fig.add_subplot(row2[0, 1]), clip, prep)
-    _text_panel(fig.add_subplot(outer[3]), facts)
+    _text_panel(fig.add_subplot(outer[-1]), facts)
     return fig
+
+
+def _stream_rows(fig: Figure, cached_spec, crop_spec, kind: str, frames: np.ndarray, crop_size: int) -> None:
+    """Two rows of one cached stream: the images with the centre crop drawn on, then the crops."""
+    n_frames, height, width = frames.shape[:3]
+    crop = centre_crop_box(height, width, crop_size)
+    colour, name = ("tab:red", "frame") if kind == "whole" else (FACE_COLOUR, "face crop")
+    row0, row1 = cached_spec.subgridspec(1, n_frames), crop_spec.subgridspec(1, n_frames)
+    for f in range(n_frames):
+        ax = fig.add_subplot(row0[0, f])
+        ax.imshow(frames[f])
+        ax.add_patch(Rectangle((crop.left - 0.5, crop.top - 0.5), crop_size, crop_size, fill=False,
+                               edgecolor=colour, linestyle="--", linewidth=1))
+        ax.set_axis_off()
+        ax.set_title(f"cached {name} {f + 1} ({width}x{height})" if f == 0 else f"{name} {f + 1}", fontsize=8)
+        ax = fig.add_subplot(row1[0, f])
+        ax.imshow(frames[f, crop.top:crop.bottom, crop.left:crop.right])
+        ax.set_axis_off()
+        face = "face " if kind == "face" else ""
+        ax.set_title(f"{face}centre crop {crop_size}x{crop_size} (val/test)" if f == 0 else
+                     f"{face}centre crop {f + 1}" if face else f"crop {f + 1}", fontsize=8)
 
 
 def _source_panel(ax, frame: np.ndarray, info: dict, params: PreprocessParams, crop_size: int) -> None:
@@ -352,14 +448,28 @@ def _source_panel(ax, frame: np.ndarray, info: dict, params: PreprocessParams, c
     bars = CropBox(**info["crop"])
     ax.add_patch(Rectangle((bars.left - 0.5, bars.top - 0.5), bars.right - bars.left, bars.bottom - bars.top,
                            fill=False, edgecolor="lime", linewidth=2, label="black-bar crop box"))
-    left, top, right, bottom = crop_in_source(bars, params, crop_size)
-    ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="tab:red",
-                           linewidth=1.5, linestyle="--", label=f"model centre crop ({crop_size} cached px)"))
+    if params.frames != "face":
+        left, top, right, bottom = crop_in_source(bars, params, crop_size)
+        ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="tab:red",
+                               linewidth=1.5, linestyle="--", label=f"model centre crop ({crop_size} cached px)"))
+    face = info.get("face")
+    if face is not None:
+        square = _face_square(face)
+        how = (f"found in {face['found']} of {face['searched']} frames" if face["found"]
+               else "no face found: fallback square")
+        ax.add_patch(Rectangle((square.left - 0.5, square.top - 0.5), face["size"], face["size"], fill=False,
+                               edgecolor=FACE_COLOUR, linewidth=2, label=f"face box ({how})"))
+        if 1 <= crop_size <= params.face_size:
+            left, top, right, bottom = face_crop_in_source(face, params.face_size, crop_size)
+            ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                                   edgecolor=FACE_COLOUR, linewidth=1.5, linestyle="--",
+                                   label=f"model face centre crop ({crop_size} of {params.face_size} face px)"))
     ax.set_title(f"first sampled frame at source size {w}x{h}", fontsize=9)
     ax.set_xticks([0, w - 1])
     ax.set_yticks([0, h - 1])
     ax.tick_params(labelsize=7)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=7, ncol=1, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=7, ncol=1 if face is None else 2,
+              frameon=False)
 
 
 def _audio_panel(fig: Figure, ax, clip: ClipFeatures, prep: Preprocessing) -> None:

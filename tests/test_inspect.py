@@ -13,7 +13,8 @@ import run_search
 from fi_data.cache import CLIP_FLAGS, PreprocessParams, extract_clip_features
 from fi_data.errors import UserError
 from fi_data.inspect_clip import (DPI, Preprocessing, crop_in_source, decode_source_frame, default_preprocessing,
-                                  figure_size, inspect_clip, run_preprocessing, safe_name, unique_names)
+                                  face_crop_in_source, figure_size, inspect_clip, inspect_figure, run_preprocessing,
+                                  safe_name, unique_names)
 from fi_data.video import CropBox, fit_frames
 
 
@@ -160,3 +161,117 @@ def test_inspect_help_names_every_flag_with_its_default(capsys):
         assert flag in text
     assert "crop 128 and M = None" in text and text.count("default") >= 4
     assert default_preprocessing().crop_size == 128 and isinstance(default_preprocessing(), Preprocessing)
+
+
+# ---------------------------------------------------------------------------------------
+# The face stream (PreprocessParams.frames "face" / "both")
+
+FACE_SMALL = dict(frame_height=36, frame_width=64, face_size=40)
+
+
+@pytest.fixture(scope="module")
+def face_clips(tmp_path_factory):
+    from test_face_stream import make_clip  # the astronaut's face (or none) on clutter, 640x360, 2 s
+    root = tmp_path_factory.mktemp("inspect_faces")
+    made = {"face": root / "face.mp4", "noise": root / "noise.mp4"}
+    make_clip(made["face"], seed=1, face=True)
+    make_clip(made["noise"], seed=2, face=False)
+    return made
+
+
+def _face_prep(frames: str, crop_size: int = 32) -> Preprocessing:
+    return Preprocessing(PreprocessParams(frames=frames, **FACE_SMALL), crop_size, None, f"test ({frames})")
+
+
+def _figure_texts(fig) -> list[str]:
+    """Every axes title and legend entry of a figure."""
+    texts = []
+    for ax in fig.axes:
+        texts.append(ax.get_title())
+        if ax.get_legend() is not None:
+            texts += [t.get_text() for t in ax.get_legend().get_texts()]
+    return texts
+
+
+def test_both_streams_draw_the_face_rows_the_face_box_and_its_facts(face_clips, tmp_path):
+    prep = _face_prep("both")
+    out = tmp_path / "face.png"
+    result = inspect_clip(face_clips["face"], out, prep)
+    assert result["status"] == "ok" and "no_face" not in result["flags"] and not result["text_only"]
+    face = result["info"]["face"]
+    assert face["searched"] == 3 and face["found"] >= 2
+    width, height = figure_size(6, len(result["facts"]), streams=2)  # two more rows than whole frames
+    assert _png_size(out) == result["size_px"] == (width * DPI, height * DPI)
+    assert height > figure_size(6, len(result["facts"]))[1]
+    text = "\n".join(result["facts"])
+    t, l, s = face["top"], face["left"], face["size"]
+    assert (f"face box (source px): columns {l}..{l + s}, rows {t}..{t + s} ({s}x{s} px); "
+            f"face found in {face['found']} of 3 searched frames") in text
+    assert "model centre crop: columns 16..48, rows 2..34 (32x32 px) of the 64x36 cached frame" in text
+    left, top, right, bottom = face_crop_in_source(face, 40, 32)
+    assert (f"model face centre crop: columns 4..36, rows 4..36 (32x32 px) of the 40x40 face crop = source px "
+            f"x {left:.1f}..{right:.1f}, y {top:.1f}..{bottom:.1f}") in text
+    assert "video float32 (6, 32, 32, 3), face float32 (6, 32, 32, 3)" in text
+    assert "frames both: 6 frames of 64x36 + face crops of 40x40 (area), crop 32" in text
+
+    params = prep.params
+    clip = extract_clip_features(face_clips["face"], params, None)
+    frame = decode_source_frame(face_clips["face"], clip.info, params, 1)  # first sampled index of 20 frames
+    texts = _figure_texts(inspect_figure(str(face_clips["face"]), clip, prep, frame))
+    assert {"cached frame 1 (64x36)", "centre crop 32x32 (val/test)", "cached face crop 1 (40x40)",
+            "face centre crop 32x32 (val/test)"} <= set(texts)
+    assert f"face box (found in {face['found']} of 3 frames)" in texts
+    assert {"black-bar crop box", "model centre crop (32 cached px)", "model face centre crop (32 of 40 face px)"} \
+        <= set(texts)
+
+
+def test_face_mode_rows_are_face_crops_and_a_clip_without_a_face_says_fallback(face_clips, tmp_path):
+    prep = _face_prep("face")
+    out = tmp_path / "noise.png"
+    result = inspect_clip(face_clips["noise"], out, prep)
+    assert result["status"] == "ok" and "no_face" in result["flags"]
+    face = result["info"]["face"]
+    assert face["found"] == 0 and face["searched"] == 3
+    assert _png_size(out) == tuple(round(v * DPI) for v in figure_size(6, len(result["facts"])))
+    text = "\n".join(result["facts"])
+    assert "no_face: no face found" in text  # the flag with its meaning
+    assert ("no face found: fallback square (none in 3 searched frames; upper centre, 0.6 of the picture's short "
+            "side)") in text
+    # the 640x360 picture's fallback square: 0.6 x 360 = 216, centred, top 10% of 360
+    assert "face box (source px): columns 212..428, rows 36..252 (216x216 px)" in text
+    assert "model centre crop:" not in text  # the model never sees the whole frame
+    assert "video float32 (6, 32, 32, 3) (face crops)" in text and "frames face: 6 face crops of 40x40" in text
+
+    clip = extract_clip_features(face_clips["noise"], prep.params, None)
+    assert clip.frames.shape == (6, 40, 40, 3)
+    frame = decode_source_frame(face_clips["noise"], clip.info, prep.params, 1)
+    texts = _figure_texts(inspect_figure(str(face_clips["noise"]), clip, prep, frame))
+    assert {"cached face crop 1 (40x40)", "face centre crop 32x32 (val/test)",
+            "face box (no face found: fallback square)"} <= set(texts)
+    assert not any(t.startswith("cached frame") or t.startswith("model centre crop") for t in texts)
+
+
+def test_whole_frames_draw_no_face_and_face_crops_bound_the_crop_size(face_clips, tmp_path):
+    prep = _face_prep("whole")
+    result = inspect_clip(face_clips["face"], tmp_path / "whole.png", prep)
+    assert "face" not in result["info"] and "no_face" not in result["flags"]
+    assert not any(word in line for line in result["facts"] for word in ("face box", "face crop", "frames both", "frames face"))
+    clip = extract_clip_features(face_clips["face"], prep.params, None)
+    texts = _figure_texts(inspect_figure(str(face_clips["face"]), clip, prep,
+                                         decode_source_frame(face_clips["face"], clip.info, prep.params, 1)))
+    assert not any("face" in t for t in texts)
+    # 72x128 frames would take a 48-pixel crop, the 40-pixel face crops do not
+    run = tmp_path / "run"
+    run.mkdir()
+    params = PreprocessParams(frames="both", frame_height=72, frame_width=128, face_size=40)
+    (run / "preprocessing.json").write_text(json.dumps({"cache_params": params.to_dict(), "crop_size": 48}))
+    with pytest.raises(UserError, match=r"crop_size 48: must be between 1 and the cached face crop size \(40x40"):
+        run_preprocessing(run)
+
+
+def test_the_face_centre_crop_maps_back_into_the_face_box():
+    # a 216-pixel face square at (36, 212) cached as 40x40: 5.4 source pixels per cached pixel
+    left, top, right, bottom = face_crop_in_source({"top": 36, "left": 212, "size": 216}, 40, 32)
+    assert (left, top, right, bottom) == (pytest.approx(212 + 4 * 5.4), pytest.approx(36 + 4 * 5.4),
+                                          pytest.approx(212 + 36 * 5.4), pytest.approx(36 + 36 * 5.4))
+    assert face_crop_in_source({"top": 0, "left": 0, "size": 144}, 144, 144) == (0.0, 0.0, 144.0, 144.0)
