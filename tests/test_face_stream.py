@@ -61,7 +61,7 @@ def test_both_keeps_whole_frames_and_face_crops_on_the_face(clips):
     assert clip.status == "ok" and "no_face" not in clip.flags
     assert clip.frames.shape == (6, 36, 64, 3) and clip.faces.shape == (6, 40, 40, 3) and clip.faces.dtype == np.uint8
     box = clip.info["face"]
-    assert box["found"] >= 2 and box["searched"] == 3
+    assert box["found"] >= 2 and box["searched"] in (2, 3)  # two agreeing frames end the search
     centre = (box["top"] + box["size"] / 2, box["left"] + box["size"] / 2)
     top, left, side = FACE_AT  # the pan moves the face by at most 2 px a frame, 38 px at the end
     assert top <= centre[0] <= top + side and left <= centre[1] <= left + side + 40

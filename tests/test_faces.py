@@ -147,6 +147,24 @@ def test_face_box_median_outvotes_one_false_detection(monkeypatch):
     assert face == FaceBox(top=84, left=184, size=120, found=3, searched=3)
 
 
+def test_two_agreeing_frames_end_the_search_and_two_disagreeing_ones_do_not(monkeypatch):
+    calls = []
+
+    def detections(faces_in_order):
+        found = iter(faces_in_order)
+        return lambda frame, box: calls.append(1) or next(found)
+
+    monkeypatch.setattr(faces, "detect_faces", detections([[(100, 200, 80, 80)], [(110, 210, 84, 84)]]))
+    face = face_box(np.zeros((6, H, W, 3), np.uint8))
+    assert len(calls) == 2 and (face.found, face.searched) == (2, 2)
+    # the mean of the two: centre (146, 246), side 82 -> 123 widened, so top 146 - 61.5 rounds to 84
+    assert face == FaceBox(top=84, left=184, size=123, found=2, searched=2)
+    calls.clear()  # the same place but half the size: not the same face, so the third frame decides
+    monkeypatch.setattr(faces, "detect_faces", detections([[(100, 200, 80, 80)], [(100, 200, 40, 40)],
+                                                           [(102, 202, 80, 80)]]))
+    assert face_box(np.zeros((6, H, W, 3), np.uint8)).searched == 3 and len(calls) == 3
+
+
 def test_face_box_lies_inside_the_letterbox_picture():
     rng = np.random.default_rng(11)
     box = CropBox(90, 630, 0, W)
@@ -154,10 +172,12 @@ def test_face_box_lies_inside_the_letterbox_picture():
     frames[:, :90] = 0
     frames[:, 630:] = 0
     face = face_box(frames, box)
-    assert face.found == 3
+    assert face.found == face.searched >= 2  # the same face in every frame: two agreeing frames suffice
     assert box.top <= face.top and face.top + face.size <= box.bottom
     assert box.left <= face.left and face.left + face.size <= box.right
-    assert face.size == round(np.median([largest(detect_faces(f, box))[2] for f in frames]) * (1 + 2 * FACE_MARGIN))
+    searched = range(face.searched)  # the three frames, in order
+    assert face.size == round(np.median([largest(detect_faces(frames[i], box))[2] for i in searched])
+                              * (1 + 2 * FACE_MARGIN))
     assert face.top == box.top  # moved down out of the bar
     assert centre_in((face.top + face.size / 2, face.left + face.size / 2, 0, 0), region)
 

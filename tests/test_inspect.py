@@ -199,14 +199,14 @@ def test_both_streams_draw_the_face_rows_the_face_box_and_its_facts(face_clips, 
     result = inspect_clip(face_clips["face"], out, prep)
     assert result["status"] == "ok" and "no_face" not in result["flags"] and not result["text_only"]
     face = result["info"]["face"]
-    assert face["searched"] == 3 and face["found"] >= 2
+    assert face["searched"] in (2, 3) and face["found"] >= 2  # two agreeing frames end the search
     width, height = figure_size(6, len(result["facts"]), streams=2)  # two more rows than whole frames
     assert _png_size(out) == result["size_px"] == (width * DPI, height * DPI)
     assert height > figure_size(6, len(result["facts"]))[1]
     text = "\n".join(result["facts"])
     t, l, s = face["top"], face["left"], face["size"]
     assert (f"face box (source px): columns {l}..{l + s}, rows {t}..{t + s} ({s}x{s} px); "
-            f"face found in {face['found']} of 3 searched frames") in text
+            f"face found in {face['found']} of {face['searched']} searched frames") in text
     assert "model centre crop: columns 16..48, rows 2..34 (32x32 px) of the 64x36 cached frame" in text
     left, top, right, bottom = face_crop_in_source(face, 40, 32)
     assert (f"model face centre crop: columns 4..36, rows 4..36 (32x32 px) of the 40x40 face crop = source px "
@@ -220,7 +220,7 @@ def test_both_streams_draw_the_face_rows_the_face_box_and_its_facts(face_clips, 
     texts = _figure_texts(inspect_figure(str(face_clips["face"]), clip, prep, frame))
     assert {"cached frame 1 (64x36)", "centre crop 32x32 (val/test)", "cached face crop 1 (40x40)",
             "face centre crop 32x32 (val/test)"} <= set(texts)
-    assert f"face box (found in {face['found']} of 3 frames)" in texts
+    assert f"face box (found in {face['found']} of {face['searched']} frames)" in texts
     assert {"black-bar crop box", "model centre crop (32 cached px)", "model face centre crop (32 of 40 face px)"} \
         <= set(texts)
 
