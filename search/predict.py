@@ -47,6 +47,7 @@ def load_trained(run_dir: str | os.PathLike):
     import fi_models.fusion  # noqa: F401 - registers the custom layers, metric and losses
     import fi_models.losses  # noqa: F401
     import fi_models.metrics  # noqa: F401
+    import fi_models.serving  # noqa: F401 - the crop-and-scale layer of every model saved since it moved in
 
     paths = RunPaths(Path(run_dir))
     for p in (paths.best_model, paths.preprocessing):

@@ -209,6 +209,17 @@ def test_predict_matches_the_model_on_the_cached_test_clip(finished_run):
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def test_a_fresh_process_loads_the_delivered_model(finished_run):
+    """predict in a new process (nothing imported before it) can load best_model.keras: every
+    custom layer it holds is registered by search.predict.load_trained."""
+    code = ("import sys; from search.predict import load_trained; model, record = load_trained(sys.argv[1]); "
+            "print([str(t.dtype) for t in model.inputs])")
+    done = subprocess.run([sys.executable, "-c", code, str(finished_run["run_dir"])], capture_output=True, text=True,
+                          cwd=Path(run_search.__file__).parent, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['float32', 'uint8']"
+
+
 def test_predict_still_scores_a_run_folder_of_an_older_version(finished_run, tmp_path):
     """A best_model.keras saved before the crop moved into the model takes float crops; predict
     replays the recorded crop for it and gives the same scores."""
