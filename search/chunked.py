@@ -76,9 +76,13 @@ def search_in_processes(cache: FeatureCache, paths, config, *, deadline: float |
     codes = {code: reason for reason, code in EXIT_CODES.items()}
     print(f"[search] trials run in fresh processes of at most {config.trials_per_process} "
           "(memory stays bounded)", flush=True)
+    first = True
     while True:
-        if deadline is not None and time.time() >= deadline:
+        # The first child always starts, even with the budget spent (e.g. by measuring epoch
+        # costs): it runs a first trial when none has completed yet, so a model is left to retrain.
+        if deadline is not None and time.time() >= deadline and not first:
             return StopReason.TIME_BUDGET
+        first = False
         # A search process, started the one way (search.entry); it must not outlive this one.
         command = [sys.executable, "-m", "search.entry", "trials", str(Path(cache.path).resolve()),
                    str(paths.root.resolve()), "--max-new-trials", str(config.trials_per_process),

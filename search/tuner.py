@@ -151,15 +151,37 @@ class _AtomicOracleFiles:
         write_json_atomic(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
 
 
-class _HyperbandOracle(_AtomicOracleFiles, kt.oracles.HyperbandOracle):
+class _DefaultsFirst:
+    """Oracle mixin: the search's first trial is the space's defaults, the later ones as the oracle draws them.
+
+    Keras Tuner's oracles draw every trial at random (Hyperband's first round, random search,
+    Bayesian optimization's initial points). The HyperModel's defaults are the configuration
+    that learns fastest from little data and starts at the clip-statistics ridge
+    (``search.hypermodel``); trying it first means even a search stopped by its budget after
+    one trial has a model as good as the ridge on validation to retrain. The random draws that
+    follow are those the oracle would have made (its seed state is not advanced).
+    """
+
+    def _random_values(self):
+        if self.trials:  # only the search's very first trial (populate_space runs before it is stored)
+            return super()._random_values()
+        hps = kt.HyperParameters()
+        for hp in self.hyperparameters.space:
+            hps.merge([hp])
+            if hps.is_active(hp):  # only active hyperparameters get values, as Keras Tuner does
+                hps.values[hp.name] = hp.default
+        return hps.values
+
+
+class _HyperbandOracle(_AtomicOracleFiles, _DefaultsFirst, kt.oracles.HyperbandOracle):
     pass
 
 
-class _RandomSearchOracle(_AtomicOracleFiles, kt.oracles.RandomSearchOracle):
+class _RandomSearchOracle(_AtomicOracleFiles, _DefaultsFirst, kt.oracles.RandomSearchOracle):
     pass
 
 
-class _BayesianOracle(_AtomicOracleFiles, kt.oracles.BayesianOptimizationOracle):
+class _BayesianOracle(_AtomicOracleFiles, _DefaultsFirst, kt.oracles.BayesianOptimizationOracle):
     pass
 
 

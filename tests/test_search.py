@@ -103,6 +103,23 @@ def test_hyperband_trials_are_recorded_with_their_scores(job):
     assert "[search] trial 0001 COMPLETED: val_one_minus_mae" in job["stdout"]
 
 
+def test_the_first_trial_is_the_space_defaults_and_the_next_a_draw(job):
+    trials = job["trials"].set_index("trial_id")
+    first, second = trials.loc["0000"], trials.loc["0001"]
+    defaults = {"audio_branch": "stats", "dropout": 0.5, "head": "linear", "standardize_targets": True,
+                "ridge_path": True, "loss": "mae", "learning_rate": 1e-3, "batch_size": 8}
+    assert {k: first[k] for k in defaults} == pytest.approx(defaults)
+    assert {k: second[k] for k in defaults} != defaults
+
+
+def test_a_spent_budget_still_runs_one_trial_in_a_child_process(cache, tmp_path):
+    """Chunked search (fresh processes) with the budget gone before the first child starts:
+    the first child still runs a first trial, so there is a model to retrain."""
+    result = run_search(cache, tmp_path / "run", tiny_config(time_budget_s=0.001, trials_per_process=1))
+    assert result.stopped_by == "time_budget"
+    assert list(result.trials["status"]) == ["COMPLETED"] and result.trials["epochs_trained"].iloc[0] == 1
+
+
 def test_best_hyperparameters_are_those_of_the_best_trial(job):
     best = load_best_hyperparameters(job["dir"])
     trials = job["trials"].set_index("trial_id")
