@@ -202,9 +202,17 @@ def _add_retrain_args(p: argparse.ArgumentParser) -> None:
                         "no ensemble; needs a run folder's top_hyperparameters.json)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (the flag and what was wrong), not the
+    whole usage block; ``--help`` still gives the usage. Sub-commands use the same class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (no TensorFlow import)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="run_search.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="With no command, 'run' is used: 'python run_search.py [run options]'.\n"
@@ -435,10 +443,13 @@ def search_config(args):
     choices = {k: v for k, v in choices.items() if k not in dict(args.fix)}
     choices.update(dict(args.choices))
     params = preprocess_params(args)  # the cached frame (and face crop) sizes bound the crop
-    for what, shape in (("frames", params.frame_shape), ("face crops", params.face_shape)):
+    face_flag = "--face-size"
+    for what, shape, flag in (("frames", params.frame_shape, face_flag if params.frames == "face" else None),
+                              ("face crops", params.face_shape, face_flag)):
         if shape is not None and args.crop_size > min(shape[1:3]):
-            raise _user_error(f"--crop-size {args.crop_size}: larger than the cached {what} ({shape[1]}x{shape[2]} "
-                              f"pixels); use at most {min(shape[1:3])}")
+            size = f"{shape[1]}x{shape[2]} pixels" + (f", {flag} {params.face_size}" if flag else "")
+            raise _user_error(f"--crop-size {args.crop_size}: larger than the cached {what} ({size}); use at most "
+                              f"{min(shape[1:3])}" + (f" or a larger {flag}" if flag else ""))
     given = [name for name in SEARCH_SETTINGS if hasattr(args, name)]  # search has no retraining flags
     return SearchConfig(
         **setting_values(args, given), max_epochs=args.max_epochs or defaults["max_epochs"],

@@ -128,7 +128,8 @@ def test_a_crop_larger_than_the_face_crops_is_refused_with_the_flag_values():
     from fi_data.errors import UserError
 
     args = run_search.parse_args(["run", "--frames", "both", "--face-size", "100"])
-    with pytest.raises(UserError, match=r"--crop-size 128: larger than the cached face crops \(100x100 pixels\)"):
+    with pytest.raises(UserError, match=r"--crop-size 128: larger than the cached face crops \(100x100 pixels, "
+                                         r"--face-size 100\); use at most 100 or a larger --face-size"):
         run_search.search_config(args)
     args = run_search.parse_args(["run", "--frames", "face", "--face-size", "100", "--crop-size", "96"])
     assert run_search.preprocess_params(args).frame_shape == (6, 100, 100, 3)
