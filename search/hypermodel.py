@@ -64,6 +64,9 @@ from fi_models.visual import BACKBONES, TEMPORAL_CHOICES
 # that the optimizer's saved variables are not loaded. That is Keras Tuner's normal
 # behaviour (the continued trial starts a new Adam state), so the warning is silenced.
 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer", category=UserWarning)
+# Keras Tuner passes shuffle=True to model.fit, which Keras ignores (with a warning on every
+# trial) for a tf.data.Dataset; the datasets here shuffle themselves (fi_data.pipeline).
+warnings.filterwarnings("ignore", message="`shuffle=True` was passed", category=UserWarning)
 
 HYPERPARAMETERS = ("audio_branch", "backbone", "vgg_depth", "vgg_width", "temporal", "temporal_units",
                    "fusion_units", "dropout", "head", "standardize_targets", "ridge_path", "loss",
