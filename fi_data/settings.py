@@ -36,6 +36,8 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, flag: str | None =
     Args:
         default: the default value (or give ``default_factory`` for a mutable one).
         help: what the setting means, with its unit; the ``--help`` text, without the default.
+            For a boolean that defaults to True, write it for the ``--no-<name>`` flag that
+            turns it off (``augment``: "no training augmentation ...").
         flag: the command-line flag (default ``--`` + the field name with dashes).
         choices: the allowed values (checked by :func:`choice_problems` and by argparse).
         parse: turns the flag's text into the value (argparse ``type``; default: the type of
