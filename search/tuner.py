@@ -99,10 +99,6 @@ class StopReason(enum.StrEnum):
     """This process started its maximum number of trials (more remain; see ``search.chunked``)."""
 
 
-STOP_REASONS = tuple(StopReason)
-"""Every :class:`StopReason`, in definition order."""
-
-
 IDLE_WAIT_S = 1.0
 """Seconds a tuner waits before asking again when the oracle answered IDLE (a distributed
 Hyperband round waiting for other workers' results); Keras Tuner itself asks in a busy loop."""
