@@ -119,6 +119,7 @@ def build_models(cache, *, batch_size: int, crop: int, allow_resnet: bool, large
     """Yield ``(label, description, compiled model)`` for the three benchmarked models."""
     import keras_tuner as kt
 
+    from fi_data.traits import TRAITS
     from fi_models.fusion import build_model, compile_model
     from search.hypermodel import PersonalityHyperModel
 
@@ -128,7 +129,7 @@ def build_models(cache, *, batch_size: int, crop: int, allow_resnet: bool, large
     yield "hypermodel-default", _describe(hp.values), compile_model(
         model, learning_rate=hp.get("learning_rate"), loss=hp.get("loss"), jit_compile=jit)
 
-    model = build_model(hypermodel.audio_shape, hypermodel.video_shape)
+    model = build_model(hypermodel.audio_shape, hypermodel.video_shape, traits=TRAITS)
     yield "build_model-default", "conv2d audio, vgg depth 3 width 32, max, fusion 256, linear head", \
         compile_model(model, jit_compile=jit)
 

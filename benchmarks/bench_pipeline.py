@@ -121,7 +121,7 @@ def measure_throughput(out: Path, n: int, batch_size: int, audio_shape: tuple, m
     pipeline_rate = epochs * n / (time.perf_counter() - start)
 
     (audio, video), y = next(iter(dataset))
-    model = compile_model(build_model(audio_shape, tuple(video.shape[1:])))
+    model = compile_model(build_model(audio_shape, tuple(video.shape[1:]), traits=TRAITS))
     for _ in range(2):  # warm-up: traces the train step
         model.train_on_batch((audio, video), y)
     start = time.perf_counter()

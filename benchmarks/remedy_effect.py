@@ -89,7 +89,7 @@ def main(argv=None) -> pd.DataFrame:
         head, standardized, loss = SETTINGS[name]
         keras.utils.set_random_seed(args.seed)
         stats = dict(target_mean=mean, target_std=std) if standardized else {}
-        model = compile_model(build_model(cache.audio_shape, video_shape, head=head, **stats),
+        model = compile_model(build_model(cache.audio_shape, video_shape, traits=TRAITS, head=head, **stats),
                               learning_rate=args.learning_rate, loss=loss)
         started = time.perf_counter()
         model.fit(make_dataset(train, training=True, batch_size=args.batch_size, seed=args.seed, crop_size=crop),
@@ -97,7 +97,7 @@ def main(argv=None) -> pd.DataFrame:
         seconds = time.perf_counter() - started
         predictions = model.predict(make_dataset(validation, training=False, batch_size=args.batch_size,
                                                  crop_size=crop), verbose=0)
-        table = score_predictions(validation.targets, predictions, mean)
+        table = score_predictions(validation.targets, predictions, mean, traits=TRAITS)
         rows[name] = {"val_1-MAE": table.loc[MEAN_ROW, "one_minus_mae"], "val_R2": table.loc[MEAN_ROW, "r2"],
                       "spread": table.loc[MEAN_ROW, "spread"], "train_s": seconds}
         spreads[name] = table.loc[list(TRAITS), "spread"]

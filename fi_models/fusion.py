@@ -4,7 +4,11 @@
 
     audio (N, M, 1) or (N, 1) -> audio branch ----\\
                                                     Concatenate -> Dense 256 ReLU -> Dropout
-    video (F, H, W, 3) in [0, 1] -> visual branch -/                -> Dense 5 -> head -> (batch, 5)
+    video (F, H, W, 3) in [0, 1] -> visual branch -/                -> Dense k -> head -> (batch, k)
+
+with ``k = len(traits)``: the trait names, and so the number of outputs, are passed in by the
+caller (``traits=``, e.g. ``fi_data.traits.TRAITS``); ``fi_models`` imports nothing from
+``fi_data`` or ``search``.
 
 Regression-to-the-mean remedy "standardized targets": given the TRAINING split's per-trait
 label mean ``m`` and SD ``s`` (:func:`target_statistics`), the last Dense layer predicts a
@@ -20,15 +24,15 @@ its effect beside the sigmoid head and the ``"ccc_mae"`` loss of ``fi_models.los
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from fi_data.traits import TRAITS
 from fi_models.audio import build_audio_branch
 from fi_models.losses import get_loss
-from fi_models.metrics import OneMinusMAE
+from fi_models.metrics import OneMinusMAE, check_traits
 from fi_models.statistics import AudioStatistics, FrameStatistics
 from fi_models.visual import build_visual_branch
 
@@ -36,7 +40,7 @@ HEADS = ("linear", "sigmoid")
 """Output activations accepted by :func:`build_model`."""
 
 OUTPUT_NAME = "traits"
-"""Name of the output layer (one ``(batch, 5)`` tensor in ``TRAITS`` order)."""
+"""Name of the output layer (one ``(batch, len(traits))`` tensor, column ``i`` = ``traits[i]``)."""
 
 STATS = "stats"
 """Audio branch and visual backbone name of the statistics branches: the clip statistics of
@@ -54,7 +58,8 @@ class StatisticsInit:
         video_mean, video_var: the same for ``FrameStatistics``, ``(d_v,)``.
         ridge_kernel, ridge_bias: optional ridge regression from the standardized statistics
             ``[audio, video]`` (``(d_a + d_v,)``) to the standardized targets: kernel
-            ``(d_a + d_v, 5)``, bias ``(5,)`` (``search.baselines.fit_statistics_ridge``).
+            ``(d_a + d_v, len(traits))``, bias ``(len(traits),)``
+            (``search.baselines.fit_statistics_ridge``).
             Given, the model gets a fixed linear path with these weights and its learned part
             starts at 0, so the untrained model predicts exactly the ridge and training
             learns a residual on top of it (wide & deep, Cheng et al. 2016, with the wide
@@ -81,12 +86,18 @@ def _standardizer(mean, var, name: str) -> layers.Normalization:
     return layers.Normalization(mean=mean.tolist(), variance=var.tolist(), name=name)
 
 
-def _check_statistics(mean, std, activation: str) -> tuple:
+def _check_statistics(mean, std, activation: str, traits: tuple | None = None) -> tuple:
+    """Validated float64 ``(k,)`` target mean and SD; ``k = len(traits)`` when given, else any k >= 1."""
     mean = np.asarray(mean, dtype=np.float64).reshape(-1)
     std = np.asarray(std, dtype=np.float64).reshape(-1)
-    k = len(TRAITS)
-    if mean.shape != (k,) or std.shape != (k,):
-        raise ValueError(f"target mean/std must have {k} values (TRAITS order), got {mean.size} and {std.size}")
+    if traits is not None:
+        k = len(traits)
+        if mean.shape != (k,) or std.shape != (k,):
+            raise ValueError(f"target mean/std must have {k} values, one per trait of {traits} in that order, "
+                             f"got {mean.size} and {std.size}")
+    elif mean.size == 0 or mean.shape != std.shape:
+        raise ValueError(f"target mean/std must have the same number (>= 1) of values, one per trait, "
+                         f"got {mean.size} and {std.size}")
     if not (np.isfinite(mean).all() and np.isfinite(std).all()):
         raise ValueError(f"target mean {mean.tolist()} / std {std.tolist()} hold NaN or Inf")
     if (std <= 0).any():
@@ -108,16 +119,16 @@ class LabelScale(layers.Layer):
     ``mean`` is ``1 / (mean (1 - mean))``), so ``z`` stays a standardized score.
 
     Args:
-        mean, std: per-trait training statistics, 5 floats each, std > 0 (and mean in (0, 1)
-            for sigmoid). Stored in the layer config (not as weights), so they are never
-            trained and reload with the model.
+        mean, std: per-trait training statistics, ``k >= 1`` floats each (one per trait, in the
+            model's trait order), std > 0 (and mean in (0, 1) for sigmoid). Stored in the
+            layer config (not as weights), so they are never trained and reload with the model.
         activation: ``"linear"`` or ``"sigmoid"``.
 
-    Input/output: float32 ``(batch, 5)``.
+    Input/output: float32 ``(batch, k)``.
 
     Raises:
-        ValueError: for statistics of the wrong length, non-finite, std <= 0, or an unknown
-            activation.
+        ValueError: for statistics that are empty or of unequal lengths, non-finite, std <= 0,
+            or an unknown activation.
     """
 
     def __init__(self, mean, std, activation: str = "linear", **kwargs):
@@ -148,26 +159,27 @@ def target_statistics(targets) -> tuple:
     """Per-trait mean and population SD of training labels, for the standardized-target remedy.
 
     Args:
-        targets: array ``(n, 5)`` in ``TRAITS`` order (the TRAINING split's targets), n >= 2.
+        targets: array ``(n, k)`` (the TRAINING split's targets, one column per trait), n >= 2,
+            k >= 1.
 
     Returns:
-        ``(mean, std)``: two float64 arrays ``(5,)``.
+        ``(mean, std)``: two float64 arrays ``(k,)``, in the column order of ``targets``.
 
     Raises:
-        ValueError: wrong shape, fewer than 2 rows, NaN/Inf, or a trait with SD 0.
+        ValueError: not 2-D, fewer than 2 rows or no column, NaN/Inf, or a trait with SD 0.
     """
     arr = np.asarray(targets, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != len(TRAITS) or arr.shape[0] < 2:
-        raise ValueError(f"targets shape {arr.shape}: expected (n >= 2, {len(TRAITS)}) in TRAITS order")
+    if arr.ndim != 2 or arr.shape[0] < 2 or arr.shape[1] < 1:
+        raise ValueError(f"targets shape {arr.shape}: expected (n >= 2, k >= 1), one column per trait")
     mean, std = arr.mean(axis=0), arr.std(axis=0)
     _check_statistics(mean, std, "linear")
     return mean, std
 
 
-def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backbone: str = "vgg",
-                depth: int = 3, width: int = 32, temporal: str = "max", temporal_units: int = 64,
-                fusion_units: int = 256, dropout: float = 0.5, head: str = "linear", target_mean=None,
-                target_std=None, statistics: StatisticsInit | None = None, weights=None,
+def build_model(audio_shape, video_shape, *, traits: Sequence[str], audio_branch: str = "conv2d",
+                backbone: str = "vgg", depth: int = 3, width: int = 32, temporal: str = "max",
+                temporal_units: int = 64, fusion_units: int = 256, dropout: float = 0.5, head: str = "linear",
+                target_mean=None, target_std=None, statistics: StatisticsInit | None = None, weights=None,
                 face_shape=None, face_depth: int = 3, face_width: int = 32,
                 name: str = "personality_model") -> keras.Model:
     """Build the audio-visual personality model (uncompiled; see :func:`compile_model`).
@@ -175,6 +187,9 @@ def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backb
     Args:
         audio_shape: one audio sample, ``(N, M, 1)`` MFCCs or ``(N, 1)`` mean MFCCs, float32.
         video_shape: one clip's frames ``(F, H, W, 3)``, float32 RGB in ``[0, 1]``.
+        traits: the names of the predicted traits, in output-column order (required; e.g.
+            ``fi_data.traits.TRAITS``); the model has ``len(traits)`` outputs. The names are
+            only checked (:func:`fi_models.metrics.check_traits`), not stored in the model.
         audio_branch: one of ``fi_models.audio.AUDIO_BRANCHES`` (must fit ``audio_shape``),
             or :data:`STATS` (needs ``statistics``).
         backbone, depth, width, temporal, temporal_units, weights: the visual branch, see
@@ -183,13 +198,14 @@ def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backb
         fusion_units: width of the Dense ReLU layer after the concatenation.
         dropout: rate of the Dropout after that layer and of the audio branch's Dropout.
         head: ``"linear"`` or ``"sigmoid"`` output activation.
-        target_mean, target_std: the TRAINING split's per-trait label mean and SD (5 values
-            each, e.g. from :func:`target_statistics`). Given together, they turn on the
-            standardized-target remedy (module docstring, :class:`LabelScale`); with
+        target_mean, target_std: the TRAINING split's per-trait label mean and SD
+            (``len(traits)`` values each, in ``traits`` order, e.g. from
+            :func:`target_statistics`). Given together, they turn on the standardized-target
+            remedy (module docstring, :class:`LabelScale`); with
             ``head="sigmoid"`` the output is ``sigmoid(logit(m) + z s / (m (1 - m)))``.
         statistics: a :class:`StatisticsInit`: the moments of the statistics branches and,
             optionally, the fixed ridge path (which needs ``target_mean``/``target_std``:
-            the ridge predicts standardized scores).
+            the ridge predicts standardized scores; kernel ``(d_a + d_v, len(traits))``).
         face_shape: one clip's face crops ``(F, S, S, 3)``, float32 RGB in ``[0, 1]``, or None
             (no face stream). Given, a third input ``face`` feeds its own visual branch, always
             a learned VGG frame encoder (``face_depth`` blocks, ``face_width`` filters in the
@@ -202,14 +218,18 @@ def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backb
         A ``keras.Model`` with inputs ``[keras.Input(audio_shape, name="audio"),
         keras.Input(video_shape, name="video")]`` (in that order, so ``model((a, v))``,
         datasets of ``((audio, video), y)`` and dicts keyed ``"audio"``/``"video"`` all
-        work; with ``face_shape`` a third, ``"face"``) and one output ``(batch, 5)`` float32 named ``OUTPUT_NAME`` in ``TRAITS``
-        order, in label units.
+        work; with ``face_shape`` a third, ``"face"``) and one output ``(batch, len(traits))``
+        float32 named ``OUTPUT_NAME``, column ``i`` predicting ``traits[i]``, in label units.
 
     Raises:
-        ValueError: unknown ``head``; only one of ``target_mean``/``target_std`` given or
-            invalid statistics; a statistics branch or ridge path without what it needs; any
-            error of the branch builders.
+        ValueError: invalid ``traits`` (empty, a bare string, non-string or duplicate names);
+            unknown ``head``; only one of ``target_mean``/``target_std`` given, or statistics
+            that are invalid or not ``len(traits)`` long; a statistics branch or ridge path
+            without what it needs, or a ridge kernel/bias not ``(d_a + d_v, len(traits))`` /
+            ``(len(traits),)``; any error of the branch builders.
     """
+    traits = check_traits(traits)
+    n_outputs = len(traits)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
     if (target_mean is None) != (target_std is None):
@@ -219,6 +239,8 @@ def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backb
     ridge = statistics is not None and statistics.ridge_kernel is not None
     if ridge and target_mean is None:
         raise ValueError("the ridge path predicts standardized targets: give target_mean and target_std")
+    if target_mean is not None:
+        _check_statistics(target_mean, target_std, head, traits)
     audio_in = keras.Input(tuple(audio_shape), name="audio")
     video_in = keras.Input(tuple(video_shape), name="video")
     if statistics is not None:
@@ -248,25 +270,25 @@ def build_model(audio_shape, video_shape, *, audio_branch: str = "conv2d", backb
     if target_mean is None:
         # dtype="float32": under a mixed_float16 policy the output (and so the loss) stays float32
         # (Keras mixed-precision guidance); under the default float32 policy nothing changes.
-        outputs = layers.Dense(len(TRAITS), activation=head, name=OUTPUT_NAME, dtype="float32")(x)
+        outputs = layers.Dense(n_outputs, activation=head, name=OUTPUT_NAME, dtype="float32")(x)
         return keras.Model(inputs, outputs, name=name)
     # With the ridge path the learned part starts at 0: the untrained model is the ridge.
-    z = layers.Dense(len(TRAITS), name="standardized_traits",
+    z = layers.Dense(n_outputs, name="standardized_traits",
                      kernel_initializer="zeros" if ridge else "glorot_uniform")(x)
     ridge_layer = None
     if ridge:
         both = layers.Concatenate(name="statistics_concat")([audio_stats, video_stats])
-        ridge_layer = layers.Dense(len(TRAITS), trainable=False, name="ridge_path")
+        ridge_layer = layers.Dense(n_outputs, trainable=False, name="ridge_path")
         z = layers.Add(name="ridge_plus_residual")([ridge_layer(both), z])
     outputs = LabelScale(target_mean, target_std, activation=head, name=OUTPUT_NAME, dtype="float32")(z)
     model = keras.Model(inputs, outputs, name=name)
     if ridge_layer is not None:
         kernel = np.asarray(statistics.ridge_kernel, dtype=np.float32)
         bias = np.asarray(statistics.ridge_bias, dtype=np.float32).reshape(-1)
-        expected = (ridge_layer.kernel.shape[0], len(TRAITS))
-        if kernel.shape != expected or bias.shape != (len(TRAITS),):
+        expected = (ridge_layer.kernel.shape[0], n_outputs)
+        if kernel.shape != expected or bias.shape != (n_outputs,):
             raise ValueError(f"ridge kernel {kernel.shape} / bias {bias.shape}: expected {expected} and "
-                             f"({len(TRAITS)},) for these statistics")
+                             f"({n_outputs},) for these statistics and the {n_outputs} traits {traits}")
         ridge_layer.set_weights([kernel, bias])
     return model
 

@@ -4,16 +4,21 @@
 over the five traits and all clips. Because the labels cluster around their mean, predicting
 the training mean already scores about 0.88, so every score table puts R² (scikit-learn's
 ``r2_score``), the mean baseline and the prediction spread beside it.
+
+The trait names are passed in (``traits=``, e.g. ``fi_data.traits.TRAITS``): ``fi_models``
+imports nothing from ``fi_data`` or ``search``. The per-trait statistics (:func:`ccc`,
+:func:`pcc`, :func:`prediction_spread`) work column by column on any ``(n, k)`` arrays;
+:func:`score_predictions` labels its rows with the names and checks ``k == len(traits)``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import keras
 import numpy as np
 import pandas as pd
 from sklearn.metrics import r2_score
-
-from fi_data.traits import TRAITS
 
 ONE_MINUS_MAE = "one_minus_mae"
 """Logged name of :class:`OneMinusMAE`; the tuner objective is ``"val_" + ONE_MINUS_MAE``."""
@@ -24,12 +29,35 @@ SCORE_COLUMNS = ("one_minus_mae", "r2", "ccc", "pcc", "spread", "baseline_one_mi
 ``<name>_one_minus_mae``, ``<name>_r2``, ``<name>_ccc`` after them)."""
 
 MEAN_ROW = "mean"
-"""Index label of the row that averages the five traits."""
+"""Index label of the row that averages the trait rows (so no trait may be named so)."""
+
+
+def check_traits(traits: Sequence[str]) -> tuple:
+    """The trait names as a tuple, after checking them (every ``traits=`` argument of fi_models).
+
+    Args:
+        traits: the names, in column order (e.g. ``fi_data.traits.TRAITS``).
+
+    Returns:
+        ``tuple(traits)``.
+
+    Raises:
+        ValueError: a bare string (a sequence of characters, not of names), no names, a name
+            that is not a non-empty string, or a repeated name.
+    """
+    if isinstance(traits, (str, bytes)):
+        raise ValueError(f"traits must be a sequence of trait names, not the string {traits!r}")
+    names = tuple(traits)
+    if not names or not all(isinstance(t, str) and t for t in names):
+        raise ValueError(f"traits must be one or more non-empty strings, got {names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"traits must be distinct, got {names!r}")
+    return names
 
 
 @keras.saving.register_keras_serializable(package="fi_models")
 class OneMinusMAE(keras.metrics.MeanAbsoluteError):
-    """Streaming ``1 - MAE``, the MAE taken over the five traits and every clip seen.
+    """Streaming ``1 - MAE``, the MAE taken over every trait (column) and every clip seen.
 
     Logged as ``ONE_MINUS_MAE`` (``val_one_minus_mae`` on validation data); higher is better
     (``EarlyStopping(mode="auto")`` and similar callbacks read that from ``_direction``).
@@ -44,19 +72,23 @@ class OneMinusMAE(keras.metrics.MeanAbsoluteError):
         return 1.0 - super().result()
 
 
-def _as_matrix(values, label: str) -> np.ndarray:
+def _as_matrix(values, label: str, traits: tuple | None = None) -> np.ndarray:
+    """``values`` as a finite float64 ``(n, k)`` array; ``k = len(traits)`` when given, else k >= 1."""
     arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != len(TRAITS):
-        raise ValueError(f"{label} has shape {arr.shape}; expected (n, {len(TRAITS)}) in TRAITS order {TRAITS}")
+    if traits is not None and (arr.ndim != 2 or arr.shape[1] != len(traits)):
+        raise ValueError(f"{label} has shape {arr.shape}; expected (n, {len(traits)}), "
+                         f"one column per trait of {traits} in that order")
+    if arr.ndim != 2 or arr.shape[1] < 1:
+        raise ValueError(f"{label} has shape {arr.shape}; expected (n, k >= 1), one column per trait")
     bad = int((~np.isfinite(arr)).any(axis=1).sum())
     if bad:
         raise ValueError(f"{label} holds NaN or Inf in {bad} of {arr.shape[0]} rows")
     return arr
 
 
-def _as_pair(y_true, y_pred) -> tuple:
-    y_true = _as_matrix(y_true, "y_true")
-    y_pred = _as_matrix(y_pred, "y_pred")
+def _as_pair(y_true, y_pred, traits: tuple | None = None) -> tuple:
+    y_true = _as_matrix(y_true, "y_true", traits)
+    y_pred = _as_matrix(y_pred, "y_pred", traits)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
     return y_true, y_pred
@@ -68,10 +100,10 @@ def prediction_spread(y_true, y_pred) -> np.ndarray:
     A ratio well below 1 exposes regression to the mean. Both SDs are population SDs.
 
     Args:
-        y_true, y_pred: arrays ``(n, 5)`` in ``TRAITS`` order.
+        y_true, y_pred: arrays ``(n, k)`` of equal shape, one column per trait.
 
     Returns:
-        float64 array ``(5,)``; exactly 0 for a constant prediction; NaN for a trait whose
+        float64 array ``(k,)``; exactly 0 for a constant prediction; NaN for a trait whose
         labels are all equal (ratio undefined).
 
     Raises:
@@ -103,10 +135,10 @@ def ccc(y_true, y_pred) -> np.ndarray:
     it penalises both a low correlation and a shifted or shrunk prediction.
 
     Args:
-        y_true, y_pred: arrays ``(n, 5)`` in ``TRAITS`` order.
+        y_true, y_pred: arrays ``(n, k)`` of equal shape, one column per trait.
 
     Returns:
-        float64 ``(5,)``; for a trait whose labels and predictions are all equal: 1.0 when
+        float64 ``(k,)``; for a trait whose labels and predictions are all equal: 1.0 when
         they agree exactly, else 0.0 (the denominator is then the squared mean shift).
 
     Raises:
@@ -125,8 +157,11 @@ def ccc(y_true, y_pred) -> np.ndarray:
 def pcc(y_true, y_pred) -> np.ndarray:
     """Per-trait Pearson correlation coefficient r (``numpy.corrcoef``).
 
+    Args:
+        y_true, y_pred: arrays ``(n, k)`` of equal shape, one column per trait.
+
     Returns:
-        float64 ``(5,)``; NaN for a trait whose labels or predictions are constant (r is
+        float64 ``(k,)``; NaN for a trait whose labels or predictions are constant (r is
         undefined there).
 
     Raises:
@@ -140,35 +175,47 @@ def pcc(y_true, y_pred) -> np.ndarray:
     return out
 
 
-def score_predictions(y_true, y_pred, baseline_mean, baselines: dict | None = None) -> pd.DataFrame:
+def score_predictions(y_true, y_pred, baseline_mean, baselines: dict | None = None, *,
+                      traits: Sequence[str]) -> pd.DataFrame:
     """Score predictions per trait beside the mean baseline.
 
     Args:
-        y_true: labels ``(n, 5)`` in ``TRAITS`` order, n >= 2.
-        y_pred: predictions ``(n, 5)``, same order and units.
-        baseline_mean: ``(5,)`` the TRAINING split's label mean; the baseline predicts it for
-            every clip.
-        baselines: optional name -> predictions ``(n, 5)`` of other baselines (e.g.
+        y_true: labels ``(n, len(traits))``, column ``i`` = ``traits[i]``, n >= 2.
+        y_pred: predictions ``(n, len(traits))``, same order and units.
+        baseline_mean: ``(len(traits),)`` the TRAINING split's label mean; the baseline
+            predicts it for every clip.
+        baselines: optional name -> predictions ``(n, len(traits))`` of other baselines (e.g.
             ``{"ridge": ..., "identity": ...}``), scored into ``<name>_one_minus_mae``,
             ``<name>_r2`` and ``<name>_ccc`` columns.
+        traits: the trait names in column order (required, keyword only; e.g.
+            ``fi_data.traits.TRAITS``), the table's row labels; none may be ``MEAN_ROW``.
 
     Returns:
-        A DataFrame with index ``TRAITS + ("mean",)`` and columns ``SCORE_COLUMNS``:
-        ``one_minus_mae`` (1 - MAE), ``r2`` (``sklearn.metrics.r2_score``), ``ccc``
+        A DataFrame with index ``(*traits, "mean")`` (named ``"trait"``) and columns
+        ``SCORE_COLUMNS``: ``one_minus_mae`` (1 - MAE), ``r2`` (``sklearn.metrics.r2_score``), ``ccc``
         (:func:`ccc`), ``pcc`` (:func:`pcc`), ``spread`` (:func:`prediction_spread`),
         ``baseline_one_minus_mae``, ``baseline_r2``, ``baseline_ccc`` (0: a constant), then
         the columns of ``baselines``. The
-        ``mean`` row averages the five trait rows (NaN spreads skipped); its 1-MAE is the
+        ``mean`` row averages the trait rows (NaN spreads skipped); its 1-MAE is the
         challenge score. For a trait whose labels are constant, R² follows scikit-learn's
         ``force_finite`` rule: 1.0 for a perfect prediction, else 0.0; its spread is NaN.
 
     Raises:
-        ValueError: wrong shapes, fewer than 2 clips (R² needs 2), NaN or Inf in any input.
+        ValueError: invalid ``traits`` (:func:`check_traits`, or one named ``MEAN_ROW``); an
+            input not ``(n, len(traits))`` (``baseline_mean`` not ``len(traits)`` values) or of
+            another clip count than ``y_true``; fewer than 2 clips (R² needs 2); NaN or Inf in
+            any input.
     """
-    y_true, y_pred = _as_pair(y_true, y_pred)
+    traits = check_traits(traits)
+    if MEAN_ROW in traits:
+        raise ValueError(f"no trait may be named {MEAN_ROW!r} (the row that averages the traits), got {traits}")
+    y_true, y_pred = _as_pair(y_true, y_pred, traits)
     if y_true.shape[0] < 2:
         raise ValueError(f"need at least 2 clips to score (R² is undefined for one), got {y_true.shape[0]}")
-    baseline = _as_matrix(np.reshape(baseline_mean, (1, -1)), "baseline_mean")
+    baseline = np.asarray(baseline_mean, dtype=np.float64).reshape(-1)
+    if baseline.size != len(traits):
+        raise ValueError(f"baseline_mean has {baseline.size} values; expected {len(traits)}, one per trait of {traits}")
+    baseline = _as_matrix(baseline.reshape(1, -1), "baseline_mean", traits)
     baseline_pred = np.broadcast_to(baseline, y_true.shape)
     columns = {
         "one_minus_mae": 1.0 - np.abs(y_true - y_pred).mean(axis=0),
@@ -181,12 +228,12 @@ def score_predictions(y_true, y_pred, baseline_mean, baselines: dict | None = No
         "baseline_ccc": ccc(y_true, baseline_pred),
     }
     for name, predictions in (baselines or {}).items():
-        other = _as_matrix(predictions, f"{name} predictions")
+        other = _as_matrix(predictions, f"{name} predictions", traits)
         if other.shape != y_true.shape:
             raise ValueError(f"{name} predictions {other.shape} and y_true {y_true.shape} differ in shape")
         columns[f"{name}_one_minus_mae"] = 1.0 - np.abs(y_true - other).mean(axis=0)
         columns[f"{name}_r2"] = _r2(y_true, other)
         columns[f"{name}_ccc"] = ccc(y_true, other)
-    table = pd.DataFrame(columns, index=pd.Index(TRAITS, name="trait"))
+    table = pd.DataFrame(columns, index=pd.Index(traits, name="trait"))
     table.loc[MEAN_ROW] = table.mean(axis=0, skipna=True)
     return table

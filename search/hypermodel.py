@@ -52,6 +52,7 @@ from fi_data.errors import UserError
 from fi_data.params import CROP_SIZE
 from fi_data.pipeline import make_dataset
 from fi_data.settings import default_of
+from fi_data.traits import TRAITS
 from search.baselines import statistics_init
 from search.config import SearchConfig
 from fi_models.audio import AUDIO_BRANCHES, compatible_audio_branches
@@ -315,7 +316,7 @@ class PersonalityHyperModel(kt.HyperModel):
                 statistics = dataclasses.replace(statistics, ridge_kernel=None, ridge_bias=None)
         if self.face_shape is not None:
             visual.update(face_shape=self.face_shape, face_depth=v["face_vgg_depth"], face_width=v["face_vgg_width"])
-        model = build_model(self.audio_shape, self.video_shape, audio_branch=v["audio_branch"],
+        model = build_model(self.audio_shape, self.video_shape, traits=TRAITS, audio_branch=v["audio_branch"],
                             backbone=v["backbone"], fusion_units=v["fusion_units"], dropout=v["dropout"],
                             head=v["head"], target_mean=mean, target_std=std, statistics=statistics, **visual)
         return compile_model(model, learning_rate=v["learning_rate"], loss=v["loss"], jit_compile=self.jit_compile)

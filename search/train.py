@@ -259,7 +259,7 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
             return predicted[id(m)]
 
         def mean_row(y_true, m):
-            return score_predictions(y_true, predict(m)[2], baseline_mean).loc["mean"].to_dict()
+            return score_predictions(y_true, predict(m)[2], baseline_mean, traits=TRAITS).loc["mean"].to_dict()
 
         clip_ids, y_true, y_pred = predict(delivered)
         if len(runs) > 1:
@@ -268,7 +268,7 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
             single[split] = mean_row(y_true, model)
         identity, shared[split] = identity_lookup_predictions(train.clip_ids, train.targets, clip_ids)
         others = {"ridge": ridge["predictions"][split], "identity": identity}
-        table = score_predictions(y_true, y_pred, baseline_mean, baselines=others)
+        table = score_predictions(y_true, y_pred, baseline_mean, baselines=others, traits=TRAITS)
         scores[split] = {"n": len(clip_ids), **table.to_dict(orient="index")}
         if split != "train":
             boot = cluster_bootstrap(y_true, {"model": y_pred, "baseline": np.broadcast_to(baseline_mean, y_true.shape),

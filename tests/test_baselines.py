@@ -81,7 +81,7 @@ def test_the_untrained_model_with_the_ridge_path_predicts_the_ridge(tmp_path):
     train = cache.split("train")
     mean, std = target_statistics(np.asarray(train.targets))
     init = statistics_init(train, mean, std, crop_size=20)
-    model = build_model(AUDIO, (FRAMES[0], 20, 20, 3), audio_branch="stats", backbone="stats",
+    model = build_model(AUDIO, (FRAMES[0], 20, 20, 3), traits=TRAITS, audio_branch="stats", backbone="stats",
                         fusion_units=8, target_mean=mean, target_std=std, statistics=init)
     from fi_data.pipeline import eval_transform
     test = cache.split("test")

@@ -10,6 +10,7 @@ from keras_tuner.engine.trial import Trial
 
 import run_search
 from fi_data.cache_format import write_synthetic_cache
+from fi_data.traits import TRAITS
 from fi_models.fusion import build_model, compile_model
 from search.config import SearchConfig
 from search.runs import RunPaths, load_top_hyperparameters, save_top_hyperparameters
@@ -24,8 +25,8 @@ def test_the_averaging_model_round_trips_through_keras_and_averages_exactly(tmp_
     members = []
     for seed, units in ((0, 8), (1, 16)):
         keras.utils.set_random_seed(seed)
-        members.append(compile_model(build_model(AUDIO, VIDEO, audio_branch="conv2d", depth=1, width=4,
-                                                 fusion_units=units)))
+        members.append(compile_model(build_model(AUDIO, VIDEO, traits=TRAITS, audio_branch="conv2d", depth=1,
+                                                 width=4, fusion_units=units)))
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(3, *AUDIO)).astype(np.float32), rng.uniform(size=(3, *VIDEO)).astype(np.float32))
     expected = (members[0].predict(x, verbose=0) + members[1].predict(x, verbose=0)) / 2

@@ -52,7 +52,7 @@ def test_score_predictions_hand_computed():
                        [0.4, 0.4, 0.7, 0.3, 0.5],
                        [0.5, 0.4, 0.7, 0.5, 0.1]])
     baseline = np.array([0.5, 0.4, 0.6, 0.2, 0.5])
-    table = score_predictions(y_true, y_pred, baseline)
+    table = score_predictions(y_true, y_pred, baseline, traits=TRAITS)
     assert list(table.index) == [*TRAITS, MEAN_ROW]
     assert tuple(table.columns) == SCORE_COLUMNS
     openness = table.loc["openness"]
@@ -86,23 +86,25 @@ def test_constant_predictor_has_zero_spread_and_baseline_equals_its_scores():
     mean = y_true.mean(axis=0)
     constant = np.tile(mean, (50, 1))
     np.testing.assert_array_equal(prediction_spread(y_true, constant), np.zeros(5))
-    table = score_predictions(y_true, constant, mean)
+    table = score_predictions(y_true, constant, mean, traits=TRAITS)
     np.testing.assert_allclose(table["one_minus_mae"], table["baseline_one_minus_mae"])
     np.testing.assert_allclose(table["r2"], np.zeros(6), atol=1e-12)
 
 
 def test_score_predictions_rejects_bad_input():
     good = np.full((3, 5), 0.5)
-    with pytest.raises(ValueError, match=r"y_pred has shape \(3, 4\)"):
-        score_predictions(good, good[:, :4], np.full(5, 0.5))
+    with pytest.raises(ValueError, match=r"y_pred has shape \(3, 4\); expected \(n, 5\), one column per trait of "
+                                         r"\('openness', 'conscientiousness'"):
+        score_predictions(good, good[:, :4], np.full(5, 0.5), traits=TRAITS)
     with pytest.raises(ValueError, match="y_pred holds NaN or Inf in 1 of 3 rows"):
-        score_predictions(good, np.where(np.arange(15).reshape(3, 5) == 7, np.nan, 0.5), np.full(5, 0.5))
+        score_predictions(good, np.where(np.arange(15).reshape(3, 5) == 7, np.nan, 0.5), np.full(5, 0.5),
+                          traits=TRAITS)
     with pytest.raises(ValueError, match="at least 2 clips"):
-        score_predictions(good[:1], good[:1], np.full(5, 0.5))
+        score_predictions(good[:1], good[:1], np.full(5, 0.5), traits=TRAITS)
     with pytest.raises(ValueError, match="differ in shape"):
-        score_predictions(good, good[:2], np.full(5, 0.5))
-    with pytest.raises(ValueError, match="baseline_mean"):
-        score_predictions(good, good, np.full(4, 0.5))
+        score_predictions(good, good[:2], np.full(5, 0.5), traits=TRAITS)
+    with pytest.raises(ValueError, match="baseline_mean has 4 values; expected 5"):
+        score_predictions(good, good, np.full(4, 0.5), traits=TRAITS)
 
 
 def test_concordance_correlation_hand_computed():
@@ -147,7 +149,33 @@ def test_ccc_and_pcc_by_hand():
     assert ccc(y, p)[2] == 1.0 and np.isnan(pcc(y, p)[2])  # constant labels, exactly predicted
     assert ccc(y, p)[3] == 0.0 and ccc(y, p)[4] == 0.0  # constant predictions
     assert np.isnan(pcc(y, p)[3])
-    table = score_predictions(y, p, y.mean(axis=0), baselines={"other": y})
+    table = score_predictions(y, p, y.mean(axis=0), baselines={"other": y}, traits=TRAITS)
     assert table.loc["openness", "ccc"] == pytest.approx(0.8)
     assert table.loc["openness", "baseline_ccc"] == 0.0
     assert table.loc["openness", "other_ccc"] == 1.0 and table.loc["mean", "other_one_minus_mae"] == 1.0
+
+
+def test_score_predictions_takes_the_trait_names():
+    traits = ("x", "y", "z")
+    y_true = np.array([[0.2, 0.4, 0.6], [0.4, 0.5, 0.2], [0.6, 0.9, 0.4]])
+    y_pred = np.array([[0.3, 0.4, 0.6], [0.4, 0.6, 0.2], [0.5, 0.8, 0.4]])
+    table = score_predictions(y_true, y_pred, y_true.mean(axis=0), baselines={"other": y_true}, traits=traits)
+    assert list(table.index) == [*traits, MEAN_ROW] and table.index.name == "trait"
+    assert table.loc["x", "one_minus_mae"] == pytest.approx(1 - 0.2 / 3)
+    assert table.loc["z", "r2"] == 1.0 and table.loc["z", "ccc"] == 1.0
+    assert table.loc[MEAN_ROW, "one_minus_mae"] == pytest.approx(1 - np.abs(y_true - y_pred).mean())
+    assert table.loc[MEAN_ROW, "other_one_minus_mae"] == 1.0
+    np.testing.assert_allclose(prediction_spread(y_true, y_pred), table.loc[list(traits), "spread"])
+    with pytest.raises(ValueError, match=r"y_true has shape \(3, 3\); expected \(n, 5\), one column per trait of "
+                                         r"\('openness'"):
+        score_predictions(y_true, y_pred, y_true.mean(axis=0), traits=TRAITS)
+    with pytest.raises(ValueError, match=r"other predictions has shape \(3, 2\); expected \(n, 3\)"):
+        score_predictions(y_true, y_pred, y_true.mean(axis=0), baselines={"other": y_true[:, :2]}, traits=traits)
+    with pytest.raises(ValueError, match=r"baseline_mean has 2 values; expected 3, one per trait of \('x', 'y', 'z'\)"):
+        score_predictions(y_true, y_pred, [0.5, 0.5], traits=traits)
+    with pytest.raises(ValueError, match="no trait may be named 'mean'"):
+        score_predictions(y_true, y_pred, y_true.mean(axis=0), traits=("x", MEAN_ROW, "z"))
+    with pytest.raises(ValueError, match="distinct"):
+        score_predictions(y_true, y_pred, y_true.mean(axis=0), traits=("x", "x", "z"))
+    with pytest.raises(TypeError, match="traits"):
+        score_predictions(y_true, y_pred, y_true.mean(axis=0))  # the names are never assumed

@@ -1,9 +1,13 @@
-"""fi_models: branches, fusion model, remedy layer, gradients, .keras round trip, errors."""
+"""fi_models: branches, fusion model, remedy layer, gradients, .keras round trip, errors, imports."""
+import ast
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import fi_models
 from fi_data.traits import TRAITS
 from fi_models.audio import AUDIO_BRANCHES, MFCC_BRANCHES, build_audio_branch, compatible_audio_branches
 from fi_models.fusion import OUTPUT_NAME, LabelScale, build_model, compile_model, target_statistics
@@ -131,7 +135,8 @@ def make_model(case, **overrides):
     case = dict(case)
     remedy = case.pop("remedy", False)
     stats = dict(target_mean=MEAN, target_std=STD) if remedy else {}
-    return build_model(audio_shape_for(case["audio_branch"]), VIDEO_SHAPE, **{**SMALL, **case, **stats, **overrides})
+    return build_model(audio_shape_for(case["audio_branch"]), VIDEO_SHAPE, traits=TRAITS,
+                       **{**SMALL, **case, **stats, **overrides})
 
 
 @pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: f"{c['audio_branch']}-{c['temporal']}-{c['head']}")
@@ -183,15 +188,17 @@ def test_label_scale_values():
 
 def test_remedy_arguments_are_checked():
     with pytest.raises(ValueError, match="both target_mean and target_std"):
-        build_model(AUDIO_SHAPE, VIDEO_SHAPE, target_mean=MEAN)
+        build_model(AUDIO_SHAPE, VIDEO_SHAPE, traits=TRAITS, target_mean=MEAN)
     with pytest.raises(ValueError, match="std must be > 0"):
         LabelScale(MEAN, [0.1, 0.1, 0.0, 0.1, 0.1])
-    with pytest.raises(ValueError, match="5 values"):
+    with pytest.raises(ValueError, match="same number"):
         LabelScale(MEAN[:4], STD)
+    with pytest.raises(ValueError, match=r"must have 5 values, one per trait of \('openness'"):
+        build_model(AUDIO_SHAPE, VIDEO_SHAPE, traits=TRAITS, target_mean=MEAN[:4], target_std=STD[:4])
     with pytest.raises(ValueError, match=r"strictly inside \(0, 1\)"):
         LabelScale([0.5, 0.5, 1.0, 0.5, 0.5], STD, activation="sigmoid")
     with pytest.raises(ValueError, match="unknown head 'tanh'"):
-        build_model(AUDIO_SHAPE, VIDEO_SHAPE, head="tanh")
+        build_model(AUDIO_SHAPE, VIDEO_SHAPE, traits=TRAITS, head="tanh")
 
 
 def test_target_statistics():
@@ -201,8 +208,57 @@ def test_target_statistics():
     np.testing.assert_allclose(std[0], np.sqrt((0.04 + 0 + 0.04) / 3))
     with pytest.raises(ValueError, match="constant training label"):
         target_statistics(np.tile([0.5, 0.1, 0.2, 0.3, 0.4], (4, 1)))
-    with pytest.raises(ValueError, match=r"expected \(n >= 2, 5\)"):
-        target_statistics(np.zeros((4, 6)))
+    with pytest.raises(ValueError, match=r"expected \(n >= 2, k >= 1\)"):
+        target_statistics(np.zeros((1, 5)))
+    with pytest.raises(ValueError, match=r"expected \(n >= 2, k >= 1\)"):
+        target_statistics(np.zeros(5))
+
+
+def test_the_number_of_outputs_comes_from_the_traits_passed_in():
+    traits = ("a", "b", "c")
+    assert build_model(AUDIO_SHAPE, VIDEO_SHAPE, traits=traits, **SMALL).output.shape == (None, 3)
+    mean, std = target_statistics(np.random.default_rng(0).uniform(0.2, 0.8, size=(6, 3)))
+    assert mean.shape == std.shape == (3,)
+    model = build_model(AUDIO_SHAPE, VIDEO_SHAPE, traits=traits, head="sigmoid", target_mean=mean, target_std=std,
+                        **SMALL)
+    out = model(batch(AUDIO_SHAPE)).numpy()
+    assert out.shape == (2, 3) and ((out > 0) & (out < 1)).all()
+    assert model.get_layer("standardized_traits").units == 3
+    with pytest.raises(ValueError, match=r"must have 3 values, one per trait of \('a', 'b', 'c'\).*got 5 and 5"):
+        build_model(AUDIO_SHAPE, VIDEO_SHAPE, traits=traits, target_mean=MEAN, target_std=STD)
+    with pytest.raises(TypeError, match="traits"):
+        build_model(AUDIO_SHAPE, VIDEO_SHAPE)  # the count is never assumed
+    for bad, match in (("abc", "not the string 'abc'"), ((), "one or more"), (("a", ""), "non-empty"),
+                       (("a", 1), "strings"), (("a", "a"), "distinct")):
+        with pytest.raises(ValueError, match=match):
+            build_model(AUDIO_SHAPE, VIDEO_SHAPE, traits=bad)
+
+
+def _imported_modules(tree: ast.AST) -> list:
+    """``(line, module)`` of every absolute import of ``tree``, ``importlib.import_module`` /
+    ``__import__`` calls with a literal name included."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.append((node.lineno, node.module))
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
+            found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def test_fi_models_imports_nothing_from_fi_data_or_search():
+    package = Path(fi_models.__file__).parent
+    modules = sorted(package.rglob("*.py"))
+    assert {"fusion.py", "metrics.py", "serving.py"} <= {p.name for p in modules}
+    offenders = [f"{path.relative_to(package.parent)}:{line} imports {name}"
+                 for path in modules
+                 for line, name in _imported_modules(ast.parse(path.read_text(encoding="utf-8"), str(path)))
+                 if name.split(".")[0] in ("fi_data", "search")]
+    assert offenders == []
 
 
 def test_keras_round_trip_keeps_predictions_remedy_loss_and_metric(tmp_path):

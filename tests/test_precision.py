@@ -5,11 +5,12 @@ import keras
 import numpy as np
 import pytest
 
+from fi_data.traits import TRAITS
 from fi_models.fusion import OUTPUT_NAME, build_model, compile_model
 
 AUDIO_SHAPE = (8, 16, 1)        # tiny MFCC matrix (N, M, 1): fits the default conv2d branch
 VIDEO_SHAPE = (2, 32, 32, 3)    # 2 frames of a 32x32 crop: fits the default 3-block vgg
-SMALL = dict(width=4, fusion_units=8)
+SMALL = dict(traits=TRAITS, width=4, fusion_units=8)
 MEAN, STD = [0.5, 0.45, 0.55, 0.5, 0.52], [0.1, 0.12, 0.11, 0.13, 0.1]
 
 

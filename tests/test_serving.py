@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fi_data.pipeline import eval_transform
+from fi_data.traits import TRAITS
 from fi_models.fusion import build_model
 from fi_models.serving import CenterCropScale, serving_model, takes_cached_frames
 
@@ -15,8 +16,8 @@ def test_the_serving_model_equals_the_trained_model_on_the_validation_transform(
     rng = np.random.default_rng(0)
     audio = rng.normal(size=(3, 12, 10, 1)).astype(np.float32)
     frames = rng.integers(0, 256, size=(3, 2, 37, 50, 3), dtype=np.uint8)  # odd margins: (37-32)//2, (50-32)//2
-    model = build_model((12, 10, 1), (2, 32, 32, 3), audio_branch="conv2d", backbone="vgg", depth=1, width=4,
-                        fusion_units=8)
+    model = build_model((12, 10, 1), (2, 32, 32, 3), traits=TRAITS, audio_branch="conv2d", backbone="vgg", depth=1,
+                        width=4, fusion_units=8)
     expected = model.predict(tuple(t.numpy() for t in eval_transform(audio, frames, 32)), verbose=0)
     served = serving_model(model, (12, 10, 1), (2, 37, 50, 3), 32)
     assert takes_cached_frames(served) and not takes_cached_frames(model)
