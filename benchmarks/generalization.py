@@ -6,8 +6,9 @@ Runs ``run_search.py run`` as a user would (default choices, a ``--time-budget``
 and ``demo_cues``: other cue -> trait mappings, directions, strengths, noise, frame sizes and
 clip counts) whose seeds are drawn at random here unless ``--seeds`` is given, and prints,
 per variant, the test 1-MAE and R² of the retrained model, of the mean predictor and of the
-clip-statistics ridge, per trait and on average, plus the search's and the whole job's wall
-time, and whether the targets of issue 11 hold:
+clip-statistics ridge, per trait and on average, the demo's ceiling (``fi_data.demo.demo_scores``)
+and the share of the learnable margin (ceiling - mean predictor) that the ridge and the model
+reach, plus the search's and the whole job's wall time, and whether the targets of issue 11 hold:
 
 - model test 1-MAE >= ridge - 0.003, model R² > 0.3, model >= mean predictor;
 - search wall time <= budget + one epoch (``search.json``'s ``wall_s``; the allowance for
@@ -37,6 +38,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fi_data.demo import demo_dataset, demo_scores  # noqa: E402
 from fi_data.traits import TRAITS  # noqa: E402
 
 COLUMNS = {"one_minus_mae": "model 1-MAE", "baseline_one_minus_mae": "mean 1-MAE",
@@ -66,9 +68,15 @@ def variant_table(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def margin_share(score: float, mean: float, ceiling: float) -> float:
+    """The share of the learnable margin ``ceiling - mean`` that ``score`` reaches (1-MAE's)."""
+    return (score - mean) / (ceiling - mean)
+
+
 def summary_row(seed: int, run_dir: Path, job_wall_s: float) -> dict:
     """One variant's line of the summary, with the targets checked."""
     table = variant_table(run_dir)
+    ceiling = float(demo_scores(demo_dataset(variant=seed, progress=False)).loc["ceiling", "one_minus_mae"])
     search = _read(run_dir / "search.json", "the search's wall time")
     budget = search.get("time_budget_s")
     trials = pd.read_csv(run_dir / "trials.csv")
@@ -78,6 +86,9 @@ def summary_row(seed: int, run_dir: Path, job_wall_s: float) -> dict:
     row = {"seed": seed, "n_test": _read(run_dir / "metrics.json", "")["scores"]["test"]["n"],
            **{k: round(float(v), 4) for k, v in mean.items()},
            "model - ridge": round(float(mean["model 1-MAE"] - mean["ridge 1-MAE"]), 4),
+           "ceiling": round(ceiling, 4),
+           "ridge share": round(margin_share(mean["ridge 1-MAE"], mean["mean 1-MAE"], ceiling), 2),
+           "model share": round(margin_share(mean["model 1-MAE"], mean["mean 1-MAE"], ceiling), 2),
            "trials": len(trials), "search wall s": search["wall_s"], "budget s": budget,
            "one epoch s": round(float(per_epoch), 1), "job wall s": round(job_wall_s, 1)}
     row["target: >= ridge - 0.003"] = bool(row["model - ridge"] >= -0.003)

@@ -28,32 +28,42 @@ and correlations of the five traits and ``interview`` measured on
 **Content.** Each clip's content encodes *noisy* labels through six hidden cue values
 ``u`` in [0, 1] (:data:`CUES`): for cue ``j`` on trait ``t``,
 ``u_j = clip(0.5 + (z_t + e_j) / 5, 0, 1)`` with ``z_t`` the clip's standardized label
-and ``e_j ~ N(0, cue_noise^2)`` (so ``u`` spans +-2.5 SD). The mapping:
+and ``e_j ~ N(0, n_j^2)`` (so ``u`` spans +-2.5 SD). Cues are of two kinds
+(:func:`cue_noise_sd`): *global* cues move clip-level statistics and are weak (``n_j = 2.5
+cue_noise``, 1.25 label SDs by default), so a first model learns something quickly;
+*structural* cues are strong (``n_j = 0.8 cue_noise``) and invisible to clip statistics
+(per-channel colour means and SDs, MFCC means, SDs and mean absolute differences): only a
+model that reads shapes in the frames, the face, or the order of sounds in time finds them.
+The mapping:
 
-============= ========== ======= ===========================================================
-cue           trait      channel what changes (u = 0 -> 1)
-============= ========== ======= ===========================================================
-background    openness   video   background colour, warm orange -> cool blue
-face_size     extraver.  video   radius of the central "face" disc, 15% -> 40% of the height
-face_shade    agreeabl.  video   grey level of the disc, dark -> light
-voice_height  conscient. audio   pitch 100 -> 300 Hz with a formant 500 -> 2000 Hz
-breathiness   neurotic.  audio   breath noise (2.5-7 kHz) level, -36 -> -6 dB re the voice
-speech_rate   extraver.  audio   syllables per second, 1.5 -> 5.5 (110 ms syllables)
-============= ========== ======= ===========================================================
+============= ========== ======= ========= =================================================
+cue           trait      channel kind      what changes (u = 0 -> 1)
+============= ========== ======= ========= =================================================
+background    openness   video   global    background colour, warm orange -> cool blue
+stripes       conscient. video   structure the shirt's stripes turn, horizontal -> vertical
+expression    agreeabl.  video   structure the mouth on the face, frown -> straight -> smile
+speech_rate   extraver.  audio   global    syllables per second, 1.5 -> 4.5 (160 ms each)
+intonation    extraver.  audio   structure glide over each syllable, -1 -> +1 octave
+breathiness   neurotic.  audio   global    breath noise (2.5-7 kHz), -36 -> -6 dB re voice
+============= ========== ======= ========= =================================================
 
-So openness and agreeableness are in the video only, conscientiousness and neuroticism in
-the audio only, extraversion in both (traits still correlate, so each channel alone
-predicts the others partly). Nuisances: disc position, a brightness gradient and pixel
-noise in the frame, loudness (-6..0 dB), syllable timing, the frame size, fps and channel
-count. The frames are static (every frame of a clip is the same image), and the cues are
-large, central and global, so they survive the toolkit's preprocessing (6 frames resized
-to 140x248, 128x128 crops; 24 MFCCs of 16 kHz mono, standardized per sample).
+The speaker is a real face (``skimage.data.astronaut()``, :data:`FACE_PATCH`), so the
+toolkit's face detector finds it; its mouth is redrawn per clip (:func:`render_face`),
+small in the whole frame and large in a face crop. Nuisances, drawn per clip and carrying no
+label: the face's size (30-44% of the frame height) and position (+-18% of the width off
+centre, so the centre crop may cut it), five clutter rectangles of random colours, the
+shirt's colour, lighting (x0.85-1.15), a colour cast (x0.92-1.08 per channel), a brightness
+gradient and pixel noise; the voice's pitch and formant (100-300 Hz, 500-2000 Hz),
+loudness (-6..0 dB), syllable timing; the frame size, fps and channel count. The frames
+are static (every frame of a clip is the same image). Every cue survives the toolkit's
+preprocessing (6 frames resized to 140x248, 128x128 crops or 144x144 face crops; 24 MFCCs of
+16 kHz mono, 16 ms hop, standardized per sample).
 
 **Ceiling.** :func:`demo_scores` gives, on the demo's test split, the 1-MAE of the
 predictor that knows the hidden cues (the conditional mean of the labels given ``u``
-under the generative model), of the same with only the audio or only the video cues, and
-of the mean predictor (the training split's mean labels), so the demo shows a good fused
-model clearly beating the mean while neither channel alone reaches the fused ceiling.
+under the generative model), of the same with only the audio, only the video or only the
+global cues (about the most a model of clip statistics can reach), and of the mean
+predictor (the training split's mean labels).
 
 :func:`demo_dataset` generates once into ``<repo>/.fi_demo/<hash of the parameters>/``
 (git-ignored) and returns that folder afterwards; generation writes into a temporary
@@ -64,6 +74,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -83,7 +94,7 @@ from fi_data.ffmpeg_tools import require_ffmpeg
 from fi_data.locks import FolderLock
 from fi_data.traits import INTERVIEW, SPLITS, TRAITS
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 """Bumped whenever generation changes, so cached demo folders are regenerated."""
 
 DEFAULT_DEMO_ROOT = Path(__file__).resolve().parents[1] / ".fi_demo"
@@ -117,23 +128,54 @@ PERSON_SHARE = 0.7
 
 @dataclasses.dataclass(frozen=True)
 class Cue:
-    """One hidden content parameter: the trait it encodes and where it shows."""
+    """One hidden content parameter: the trait it encodes, where it shows and who can read it.
+
+    ``kind`` is ``"global"`` (it moves clip-level statistics: a mean colour, a spectral
+    balance, a rate) or ``"structure"`` (clip-level statistics are blind to it: only a model
+    that reads shapes, a face, or the order of events in time can). ``noise`` is the SD of
+    the cue's noise in label-SD units; ``None`` takes :func:`cue_noise_sd`'s default for
+    its kind.
+    """
 
     name: str
     trait: str
     modality: str  # "audio" or "video"
     meaning: str
     sign: int = 1  # +1: u grows with the trait; -1: u falls as the trait grows
-    noise: float | None = None  # SD of this cue's noise; None: DemoParams.cue_noise
+    noise: float | None = None
+    kind: str = "global"  # "global" or "structure"
+
+
+CUE_KINDS = ("global", "structure")
+
+GLOBAL_NOISE_FACTOR = 2.5
+"""A global cue's noise SD is ``GLOBAL_NOISE_FACTOR * cue_noise`` (1.25 label SDs by default):
+global cues are weak, so a first model learns something quickly but a model on clip
+statistics stays well below the ceiling."""
+
+STRUCTURE_NOISE_FACTOR = 0.8
+"""A structural cue's noise SD is ``STRUCTURE_NOISE_FACTOR * cue_noise`` (0.4 by default)."""
+
+
+def cue_noise_sd(cue: Cue, cue_noise: float) -> float:
+    """The noise SD (label-SD units) of ``cue`` in a demo made with ``cue_noise``: the cue's
+    own ``noise`` when set, else :data:`GLOBAL_NOISE_FACTOR` or :data:`STRUCTURE_NOISE_FACTOR`
+    times ``cue_noise`` for its kind."""
+    if cue.noise is not None:
+        return float(cue.noise)
+    return (GLOBAL_NOISE_FACTOR if cue.kind == "global" else STRUCTURE_NOISE_FACTOR) * float(cue_noise)
 
 
 CUES = (
     Cue("background", TRAITS[0], "video", "background colour, warm orange (0) to cool blue (1)"),
-    Cue("face_size", TRAITS[2], "video", "face-disc radius, 15% (0) to 40% (1) of the frame height"),
-    Cue("face_shade", TRAITS[3], "video", "face-disc grey level, dark (0) to light (1)"),
-    Cue("voice_height", TRAITS[1], "audio", "pitch 100-300 Hz with a formant at 500-2000 Hz"),
+    Cue("stripes", TRAITS[1], "video", "angle of the shirt's stripes, horizontal (0) to vertical (1)",
+        kind="structure"),
+    Cue("expression", TRAITS[3], "video", "mouth curve on the face, frown (0) through straight to smile (1)",
+        kind="structure"),
+    Cue("speech_rate", TRAITS[2], "audio", "1.5 (0) to 4.5 (1) syllables per second"),
+    Cue("intonation", TRAITS[2], "audio", "pitch glide over each syllable, falling an octave (0) to rising one (1)",
+        kind="structure"),
     Cue("breathiness", TRAITS[4], "audio", "2.5-7 kHz breath noise, -36 dB (0) to -6 dB (1) re the voice"),
-    Cue("speech_rate", TRAITS[2], "audio", "1.5 (0) to 5.5 (1) syllables per second"),
 )
 """The label -> content mapping (module docstring)."""
 
@@ -221,7 +263,8 @@ def demo_cues(params: DemoParams) -> tuple:
     which trait each of the six cues carries (a random permutation gives every trait one
     cue, the sixth cue goes to a random trait; so a trait may live in the audio only, the
     video only, or both), each cue's direction (``sign`` +-1) and its noise SD
-    (``cue_noise * U[0.6, 1.6]``: some cues are strong, some weak).
+    (:func:`cue_noise_sd` of its kind times ``U[0.6, 1.6]``: some cues are strong, some weak).
+    Each cue keeps its kind and channel.
     """
     if params.variant is None:
         return CUES
@@ -231,7 +274,7 @@ def demo_cues(params: DemoParams) -> tuple:
     cues = []
     for k, j in enumerate(order):
         cues.append(dataclasses.replace(CUES[j], trait=traits[k], sign=int(rng.choice([-1, 1])),
-                                        noise=round(params.cue_noise * float(rng.uniform(0.6, 1.6)), 4)))
+                                        noise=round(cue_noise_sd(CUES[j], params.cue_noise) * float(rng.uniform(0.6, 1.6)), 4)))
     return tuple(sorted(cues, key=lambda c: [x.name for x in CUES].index(c.name)))
 
 
@@ -258,8 +301,10 @@ def demo_plan(params: DemoParams = DemoParams()) -> pd.DataFrame:
         DataFrame, one row per clip, in generation order: ``clip_id``, ``split``, the five
         ``TRAITS`` and ``interview`` (float in [0, 1]), ``cue_<name>`` for each of
         :data:`CUES` (float in [0, 1]), and the nuisances ``width``, ``height``, ``fps``
-        (``"30"`` or ``"30000/1001"``), ``channels``, ``gain_db``, ``dx``, ``dy``,
-        ``gradient``, ``clip_seed``.
+        (``"30"`` or ``"30000/1001"``), ``channels``, ``gain_db`` (dB), ``face_size`` (face
+        side / frame height), ``dx`` (face centre offset / frame width), ``dy`` (/ frame
+        height), ``gradient``, ``light``, ``cast_r``/``cast_g``/``cast_b`` (gains),
+        ``voice_height`` (in [0, 1]), ``clip_seed``.
     """
     rng = np.random.default_rng([params.seed, DEMO_VERSION])
     n = params.n_train + params.n_val + params.n_test
@@ -283,7 +328,7 @@ def demo_plan(params: DemoParams = DemoParams()) -> pd.DataFrame:
         plan[key] = labels[:, i]
     z_labels = (labels - LABEL_MEAN) / LABEL_SD  # after clipping, as seen in the labels
     for cue in demo_cues(params):
-        noise = params.cue_noise if cue.noise is None else cue.noise
+        noise = cue_noise_sd(cue, params.cue_noise)
         noisy = cue.sign * z_labels[:, TRAITS.index(cue.trait)] + noise * rng.standard_normal(n)
         plan[f"cue_{cue.name}"] = np.clip(0.5 + noisy / _CU_SPAN, 0.0, 1.0)
     wide = rng.random(n) >= params.share_4_3
@@ -292,9 +337,14 @@ def demo_plan(params: DemoParams = DemoParams()) -> pd.DataFrame:
     plan["fps"] = np.where(rng.random(n) < 0.5, "30", "30000/1001")
     plan["channels"] = np.where(rng.random(n) < 0.5, 1, 2)
     plan["gain_db"] = rng.uniform(-6.0, 0.0, n)
-    plan["dx"] = rng.uniform(-0.06, 0.06, n)
-    plan["dy"] = rng.uniform(-0.06, 0.06, n)
+    plan["face_size"] = rng.uniform(0.30, 0.44, n)
+    plan["dx"] = rng.uniform(-0.18, 0.18, n)
+    plan["dy"] = rng.uniform(-0.05, 0.05, n)
     plan["gradient"] = rng.uniform(-0.15, 0.15, n)
+    plan["light"] = rng.uniform(0.85, 1.15, n)
+    for channel in "rgb":
+        plan[f"cast_{channel}"] = rng.uniform(0.92, 1.08, n)
+    plan["voice_height"] = rng.uniform(0.0, 1.0, n)
     plan["clip_seed"] = rng.integers(0, 2**31, n)
     return plan
 
@@ -304,20 +354,102 @@ def demo_plan(params: DemoParams = DemoParams()) -> pd.DataFrame:
 
 _WARM, _COOL = np.array([235.0, 150.0, 60.0]), np.array([60.0, 130.0, 235.0])
 
+FACE_PATCH = (35, 185, 146, 296)
+"""Rows and columns (start, stop) of ``skimage.data.astronaut()`` pasted as the speaker's face:
+a real frontal face with its hair, 150 x 150 (the LBP cascade's box on it: rows 70-163,
+columns 175-268), so the toolkit's face detector finds it as it would a real speaker's."""
+
+_MOUTH = (0.73, 0.51)  # the mouth centre in the patch (row, column fractions)
+_SKIN = (0.62, 0.30)  # a cheek in the patch, whose colour covers the real mouth
+
+
+@functools.cache
+def _face_patch() -> np.ndarray:
+    import skimage.data
+
+    r0, r1, c0, c1 = FACE_PATCH
+    return skimage.data.astronaut()[r0:r1, c0:c1].astype(np.float64)
+
+
+def _soft(distance: np.ndarray) -> np.ndarray:
+    """Coverage of a pixel at signed ``distance`` (px, positive inside) from an edge."""
+    return np.clip(distance + 0.5, 0.0, 1.0)
+
+
+def render_face(side: int, expression: float) -> tuple:
+    """The speaker's face at ``side`` x ``side`` pixels with the ``expression`` cue drawn on it.
+
+    The astronaut's own mouth is covered with the colour of her cheek and a mouth is drawn
+    in its place: a dark arc, 0.32 of the side wide and 0.045 of it thick (at least 1.5 px),
+    whose corners sit ``(2 expression - 1) * 0.1 * side`` above its middle (frown: corners
+    below, 0.5: a straight line, smile: corners above). Its ink and length do not change
+    with the cue, so the frame's colour statistics do not either.
+
+    Returns:
+        ``(rgb, alpha)``: float64 ``(side, side, 3)`` in 0..255 and the float64 ``(side, side)``
+        coverage of an ellipse (0.44 x 0.5 of the side) holding the face and hair.
+    """
+    import cv2
+
+    face = cv2.resize(_face_patch(), (side, side), interpolation=cv2.INTER_AREA)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float64) + 0.5
+    my, mx = _MOUTH[0] * side, _MOUTH[1] * side
+    sy, sx = int(_SKIN[0] * side), int(_SKIN[1] * side)
+    skin = face[max(sy - 1, 0):sy + 2, max(sx - 1, 0):sx + 2].reshape(-1, 3).mean(axis=0)
+    cover = _soft(side * 0.06 * (1.0 - np.hypot((xx - mx) / (0.2 * side), (yy - my) / (0.08 * side))))[..., None]
+    face = face * (1 - cover) + skin * cover
+    half, lift = 0.16 * side, (2.0 * expression - 1.0) * 0.1 * side
+    t = (xx - mx) / half
+    curve = my + lift * (0.5 - t ** 2)  # corners (t = +-1) at my - lift / 2, middle at my + lift / 2
+    thick = max(1.5, 0.045 * side)
+    ink = _soft(thick / 2 - np.abs(yy - curve)) * _soft(half * (1 - np.abs(t)))
+    face = face * (1 - ink[..., None]) + np.array([110.0, 30.0, 40.0]) * ink[..., None]
+    c = side / 2
+    alpha = _soft(side * 0.25 * (1.0 - np.hypot((xx - c) / (0.44 * side), (yy - c) / (0.5 * side))))
+    return face, alpha
+
 
 def render_frame(row) -> np.ndarray:
-    """The clip's (static) frame: uint8 RGB ``(height, width, 3)`` (mapping: :data:`CUES`)."""
+    """The clip's (static) frame: uint8 RGB ``(height, width, 3)`` (mapping: :data:`CUES`).
+
+    Back to front: the background colour (cue ``background``) under a vertical brightness
+    ``gradient``; five rectangles of random colour and size (clutter); +-8 grey levels of
+    pixel noise; the shirt, 1.7 face sides wide from just under the chin to the bottom edge,
+    striped with a period of ``height / 24`` at the angle of cue ``stripes`` (its two colours
+    in equal shares at every angle); the face (:func:`render_face`, side ``face_size *
+    height``, centre ``dx * width`` right of the middle and ``(0.4 + dy) * height`` down);
+    then the whole frame times ``light`` and the colour ``cast_*`` gains.
+    """
     h, w = int(row["height"]), int(row["width"])
     rng = np.random.default_rng(int(row["clip_seed"]))
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
     background = _WARM + (_COOL - _WARM) * row["cue_background"]
     img = background * (1.0 + row["gradient"] * (yy / h - 0.5))[..., None]
+    for _ in range(5):
+        cw, ch = rng.uniform(0.08, 0.25) * w, rng.uniform(0.1, 0.35) * h
+        x0, y0 = int(rng.uniform(0, w - cw)), int(rng.uniform(0, h - ch))
+        img[y0:y0 + int(ch), x0:x0 + int(cw)] = rng.uniform(30, 230, 3)
     img += rng.uniform(-8, 8, size=(h, w, 1))
-    radius = h * (0.15 + 0.25 * row["cue_face_size"])
-    cx, cy = w / 2 + row["dx"] * h, h / 2 + row["dy"] * h
-    alpha = np.clip(radius - np.hypot(xx - cx, yy - cy) + 0.5, 0.0, 1.0)[..., None]  # anti-aliased edge
-    shade = 40.0 + 200.0 * row["cue_face_shade"]
-    img = img * (1 - alpha) + np.array([shade, 0.92 * shade, 0.85 * shade]) * alpha
+
+    side = max(8, int(round(row["face_size"] * h)))
+    cx, cy = w / 2 + row["dx"] * w, (0.4 + row["dy"]) * h
+    top, half = cy + 0.42 * side, 0.85 * side
+    shirt = (_soft(half - np.abs(xx - cx)) * _soft(yy - top))[..., None]
+    angle = 0.5 * np.pi * row["cue_stripes"]
+    wave = np.clip(0.5 + 1.5 * np.sin(2 * np.pi * (yy * np.cos(angle) + xx * np.sin(angle)) / (h / 24)), 0, 1)
+    colour = rng.uniform(90, 230, 3)
+    stripes = colour * (1 - 0.65 * wave[..., None])
+    img = img * (1 - shirt) + stripes * shirt
+
+    face, alpha = render_face(side, float(row["cue_expression"]))
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    fy0, fx0 = max(0, -y0), max(0, -x0)
+    fy1, fx1 = min(side, h - y0), min(side, w - x0)
+    if fy1 > fy0 and fx1 > fx0:
+        a = alpha[fy0:fy1, fx0:fx1, None]
+        region = img[y0 + fy0:y0 + fy1, x0 + fx0:x0 + fx1]
+        img[y0 + fy0:y0 + fy1, x0 + fx0:x0 + fx1] = region * (1 - a) + face[fy0:fy1, fx0:fx1] * a
+    img *= row["light"] * np.array([row["cast_r"], row["cast_g"], row["cast_b"]])
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -337,34 +469,47 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> bytes:
     return b"".join(p.tobytes() for p in planes)
 
 
+SYLLABLE_S = 0.16
+"""Length of one synthesized syllable, seconds (10 MFCC frames at the default 16 kHz, hop 256)."""
+
+
 def synthesize_voice(row, n_samples: int) -> np.ndarray:
     """The clip's audio, float64 ``(n_samples,)`` mono at 44.1 kHz, peak ``10**(gain_db/20) * 0.7``.
 
     A voice-like source: a pitched tone (wavetable of harmonics up to 5 kHz, amplitude
-    ``1/k`` times a Gaussian formant bump), gated by 110 ms Hann-windowed syllables at the
-    cue's rate with +-20% timing jitter, plus band-limited breath noise inside the
-    syllables and a -60 dB noise floor.
+    ``1/k`` times a Gaussian formant bump; pitch ``100 * 3**voice_height`` Hz, formant
+    ``500 * 4**voice_height`` Hz, a per-clip nuisance), gated by :data:`SYLLABLE_S` Hann-windowed
+    syllables at the ``speech_rate`` cue's rate with +-20% timing jitter (never overlapping),
+    plus band-limited breath noise inside the syllables and a -60 dB noise floor. Inside each
+    syllable the whole spectrum glides by ``2 * intonation - 1`` octaves (pitch and formant
+    together, centred on the syllable's middle): falling, flat or rising. A falling and a
+    rising syllable hold the same spectra in opposite order, so per-coefficient MFCC means, SDs
+    and mean absolute differences cannot tell them apart; the order can.
     """
     rng = np.random.default_rng(int(row["clip_seed"]) + 1)
     t = np.arange(n_samples) / _SR
-    f0 = 100.0 * 3.0 ** row["cue_voice_height"]
-    formant = 500.0 * 4.0 ** row["cue_voice_height"]
+    f0 = 100.0 * 3.0 ** row["voice_height"]
+    formant = 500.0 * 4.0 ** row["voice_height"]
     table_size = 2048
     k = np.arange(1, int(5000 // f0) + 1)
     amp = (0.15 + np.exp(-0.5 * ((k * f0 - formant) / (0.35 * formant)) ** 2)) / k
     table = (amp[:, None] * np.sin(np.outer(k, np.arange(table_size) * 2 * np.pi / table_size))).sum(axis=0)
     table = np.append(table, table[0]) / np.abs(table).max()
-    phase = np.cumsum(f0 * (1 + 0.01 * np.sin(2 * np.pi * 5 * t)) / _SR) % 1.0
-    tone = np.interp(phase * table_size, np.arange(table_size + 1), table)
 
-    envelope = np.zeros(n_samples)
-    syllable = np.hanning(int(0.11 * _SR))
-    period = 1.0 / (1.5 + 4.0 * row["cue_speech_rate"])
+    envelope, glide = np.zeros(n_samples), np.ones(n_samples)
+    length = int(SYLLABLE_S * _SR)
+    syllable = np.hanning(length)
+    octaves = 2.0 * row["cue_intonation"] - 1.0
+    sweep = 2.0 ** (octaves * (np.arange(length) / length - 0.5))
+    period = 1.0 / (1.5 + 3.0 * row["cue_speech_rate"])
     start = rng.uniform(0, period)
-    while start + 0.11 < n_samples / _SR:
+    while start + SYLLABLE_S < n_samples / _SR:
         s = int(start * _SR)
-        envelope[s:s + syllable.size] = np.maximum(envelope[s:s + syllable.size], syllable[:n_samples - s])
+        envelope[s:s + length] = syllable
+        glide[s:s + length] = sweep
         start += period * rng.uniform(0.8, 1.2)
+    phase = np.cumsum(f0 * glide * (1 + 0.01 * np.sin(2 * np.pi * 5 * t)) / _SR) % 1.0
+    tone = np.interp(phase * table_size, np.arange(table_size + 1), table)
 
     n_fft = 1 << (n_samples - 1).bit_length()  # a power of two: FFTs of odd lengths can be 20x slower
     spectrum = np.fft.rfft(rng.standard_normal(n_fft))
@@ -584,7 +729,7 @@ def _conditional_mean(cue_values: np.ndarray, cues: tuple[Cue, ...], cue_noise: 
 
     Standardized labels ``z ~ N(0, R)`` (R = :data:`LABEL_CORR` of the five traits); each cue
     observes ``h_j = s_j z_t(j) + e_j`` (``s_j`` the cue's sign), ``e_j ~ N(0, n_j^2)`` (``n_j``
-    the cue's noise, default ``cue_noise``), recovered as ``h = 5 (u - 0.5)``.
+    :func:`cue_noise_sd`), recovered as ``h = 5 (u - 0.5)``.
     ``E[z | h] = R P' (P R P' + diag(n^2))^+ h`` (P holds the signs; pseudo-inverse: two
     noiseless cues of one trait make the matrix singular).
     """
@@ -592,7 +737,7 @@ def _conditional_mean(cue_values: np.ndarray, cues: tuple[Cue, ...], cue_noise: 
     select = np.zeros((len(cues), len(TRAITS)))
     for j, cue in enumerate(cues):
         select[j, TRAITS.index(cue.trait)] = cue.sign
-    noise = np.array([cue_noise if c.noise is None else c.noise for c in cues])
+    noise = np.array([cue_noise_sd(c, cue_noise) for c in cues])
     h = _CU_SPAN * (cue_values - 0.5)
     gain = corr @ select.T @ np.linalg.pinv(select @ corr @ select.T + np.diag(noise ** 2))
     z = h @ gain.T
@@ -613,8 +758,9 @@ def demo_scores(source: str | os.PathLike | pd.DataFrame, cue_noise: float | Non
             ``demo.json`` for a folder.
 
     Returns:
-        DataFrame indexed by ``ceiling`` (all cues), ``audio_only``, ``video_only`` and
-        ``mean_baseline``, with one column per trait (``1 - MAE`` of that trait) and
+        DataFrame indexed by ``ceiling`` (all cues), ``audio_only``, ``video_only``,
+        ``global_only`` (the cues of kind ``"global"``: about the best a model of clip
+        statistics can do) and ``mean_baseline``, with one column per trait (``1 - MAE`` of that trait) and
         ``one_minus_mae`` (mean over the traits).
     """
     if isinstance(source, pd.DataFrame):
@@ -632,7 +778,8 @@ def demo_scores(source: str | os.PathLike | pd.DataFrame, cue_noise: float | Non
     truth = part[list(TRAITS)].to_numpy()
     preds = {}
     for name, subset in (("ceiling", cues), ("audio_only", tuple(c for c in cues if c.modality == "audio")),
-                         ("video_only", tuple(c for c in cues if c.modality == "video"))):
+                         ("video_only", tuple(c for c in cues if c.modality == "video")),
+                         ("global_only", tuple(c for c in cues if c.kind == "global"))):
         values = part[[f"cue_{c.name}" for c in subset]].to_numpy()
         preds[name] = _conditional_mean(values, subset, cue_noise)
     train_mean = plan.loc[plan["split"] == "train", list(TRAITS)].to_numpy().mean(axis=0)

@@ -69,7 +69,11 @@ def test_cues_follow_their_traits():
     plan = demo_plan(DemoParams(n_train=4000, n_val=1, n_test=1, cue_noise=0.5))
     for cue in CUES:
         r = np.corrcoef(plan[f"cue_{cue.name}"], plan[cue.trait])[0, 1]
-        assert r > 0.85, (cue.name, r)  # noise SD 0.5 in SD units: r = 1/sqrt(1.25) = 0.89 before clipping
+        sd = demo.cue_noise_sd(cue, 0.5)  # global 1.25, structural 0.4 label SDs
+        assert sd == (1.25 if cue.kind == "global" else 0.4)
+        # r = 1 / sqrt(1 + sd^2) before clipping: 0.62 (global), 0.93 (structural)
+        assert r == pytest.approx(1 / np.sqrt(1 + sd ** 2), abs=0.04), (cue.name, r)
+    assert {c.kind for c in CUES} == set(demo.CUE_KINDS)
 
 
 def test_scores_ceiling_above_single_channels_above_mean():
@@ -79,6 +83,9 @@ def test_scores_ceiling_above_single_channels_above_mean():
     assert scores["ceiling"] > scores["audio_only"] + 0.01
     assert scores["ceiling"] > scores["video_only"] + 0.01
     assert min(scores["audio_only"], scores["video_only"]) > scores["mean_baseline"] + 0.04
+    # global cues alone (what clip statistics can read) reach less than half of the margin
+    margin = scores["ceiling"] - scores["mean_baseline"]
+    assert 0.2 * margin < scores["global_only"] - scores["mean_baseline"] < 0.5 * margin
     # the mean baseline by hand
     test, train = plan[plan["split"] == "test"], plan[plan["split"] == "train"]
     by_hand = 1 - np.abs(test[list(TRAITS)].to_numpy() - train[list(TRAITS)].mean().to_numpy()).mean()
@@ -97,9 +104,6 @@ def test_params_are_validated():
 
 # --- content mapping, before encoding -------------------------------------------------------
 
-STILL = dict(width=256, height=144, dx=0.0, dy=0.0, gradient=0.0)
-
-
 def _row(fields=None, **cues):
     """A plan row with the given cue values (by cue name) and other fields replaced."""
     row = demo_plan(DemoParams(n_train=1, n_val=1, n_test=1)).iloc[0].copy()
@@ -110,14 +114,13 @@ def _row(fields=None, **cues):
     return row
 
 
-def test_voice_pitch_rate_and_breath_follow_cues():
+def test_voice_pitch_rate_breath_and_intonation_follow_cues():
     n = 44100 * 4
-    for u in (0.0, 0.5, 1.0):
-        x = synthesize_voice(_row(voice_height=u, breathiness=0.0), n)
-        ac = np.correlate(x[:8000], x[:8000], "full")[7999:]
-        lag = np.argmax(ac[44100 // 400:44100 // 80]) + 44100 // 400
-        assert 44100 / lag == pytest.approx(100 * 3 ** u, rel=0.03)
-    for u, rate in ((0.0, 1.5), (1.0, 5.5)):
+    for u in (0.0, 0.5, 1.0):  # the pitch is a nuisance now (voice_height), with a flat intonation
+        x = synthesize_voice(_row({"voice_height": u}, breathiness=0.0, intonation=0.5), n)
+        start = np.flatnonzero(np.abs(x) > 0.02 * np.abs(x).max())[0]  # the middle 80 ms of the first syllable
+        assert _pitch(x[start + 1764:start + 5292]) == pytest.approx(100 * 3 ** u, rel=0.03)
+    for u, rate in ((0.0, 1.5), (1.0, 4.5)):
         x = synthesize_voice(_row(speech_rate=u), n)
         voiced = np.convolve(np.abs(x) > 0.05 * np.abs(x).max(), np.ones(441), "same") > 0
         onsets = np.count_nonzero(np.diff(voiced.astype(int)) == 1)
@@ -130,18 +133,112 @@ def test_voice_pitch_rate_and_breath_follow_cues():
     assert ratios[1] > 100 * ratios[0]  # +30 dB of breath noise
 
 
-def test_frame_background_disc_size_and_shade_follow_cues():
-    warm = render_frame(_row(STILL, background=0.0, face_size=0.0, face_shade=1.0))
-    cool = render_frame(_row(STILL, background=1.0, face_size=1.0, face_shade=1.0))
-    light = np.array([240, 221, 204])  # shade 240: (240, 0.92 * 240, 0.85 * 240)
-    assert np.abs(warm[:5, :5].reshape(-1, 3).mean(0) - [235, 150, 60]).max() < 3
-    assert np.abs(cool[:5, :5].reshape(-1, 3).mean(0) - [60, 130, 235]).max() < 3
-    assert np.abs(warm[72, 128] - light).max() <= 1  # disc centre
-    for frame, radius in ((warm, 0.15), (cool, 0.40)):
-        disc_share = (np.abs(frame.astype(int) - light).max(-1) < 12).mean()
-        assert disc_share == pytest.approx(np.pi * (radius * 144) ** 2 / (256 * 144), rel=0.1)
-    dark = render_frame(_row(STILL, face_shade=0.0))
-    assert np.abs(dark[72, 128] - [40, 37, 34]).max() <= 1
+def _pitch(segment):
+    ac = np.correlate(segment, segment, "full")[segment.size - 1:]
+    lo, hi = 44100 // 700, 44100 // 60
+    return 44100 / (np.argmax(ac[lo:hi]) + lo)
+
+
+@pytest.mark.parametrize("u", [0.0, 0.5, 1.0])
+def test_intonation_glides_each_syllable(u):
+    row = _row({"voice_height": 0.3}, intonation=u, breathiness=0.0, speech_rate=0.0)
+    x = synthesize_voice(row, 44100 * 2)
+    loud = np.flatnonzero(np.abs(x) > 0.02 * np.abs(x).max())
+    start, length, window = loud[0], int(demo.SYLLABLE_S * 44100), int(0.04 * 44100)
+    first = _pitch(x[start + window // 4:start + window])  # the syllable's first and last 40 ms
+    last = _pitch(x[start + length - window:start + length - window // 4])
+    # centres about 0.16 and 0.84 of the way through: 2 ** (0.68 * octaves), octaves = 2u - 1
+    assert last / first == pytest.approx(2 ** (0.68 * (2 * u - 1)), rel=0.12)
+
+
+def _stat_features(x):
+    """The clip statistics of the ridge baseline (fi_models.statistics.AudioStatistics) in numpy."""
+    import librosa
+
+    mfcc = librosa.feature.mfcc(y=librosa.resample(x, orig_sr=44100, target_sr=16000), sr=16000, n_mfcc=24,
+                                hop_length=256)
+    mfcc = (mfcc - mfcc.mean()) / mfcc.std()
+    return mfcc, np.concatenate([mfcc.mean(1), mfcc.std(1), np.abs(np.diff(mfcc, axis=1)).mean(1)])
+
+
+def test_intonation_is_invisible_to_clip_statistics_but_not_to_the_sequence():
+    falling, rising = (_stat_features(synthesize_voice(_row(intonation=u, breathiness=0.2), 44100 * 4))
+                       for u in (0.0, 1.0))
+    other_voice = _stat_features(synthesize_voice(_row({"voice_height": 0.6}, intonation=0.0, breathiness=0.2),
+                                                  44100 * 4))
+    stats_gap = np.abs(falling[1] - rising[1]).mean()
+    assert stats_gap < 0.2 * np.abs(falling[1] - other_voice[1]).mean()  # a nuisance moves them 5x more
+    assert np.abs(falling[0] - rising[0]).mean() > 5 * stats_gap  # frame by frame the two differ
+
+
+STILL = dict(width=256, height=144, dx=0.0, dy=0.0, gradient=0.0, light=1.0, cast_r=1.0, cast_g=1.0, cast_b=1.0,
+             face_size=0.4)
+
+
+def _grid_statistics(frame):
+    """Per-channel 3x3 grid means and SD of a frame: the ridge's frame statistics in numpy."""
+    f = frame.astype(float)
+    h, w = f.shape[:2]
+    cells = [f[h * i // 3:h * (i + 1) // 3, w * j // 3:w * (j + 1) // 3].mean((0, 1)) for i in range(3) for j in range(3)]
+    return np.concatenate([*cells, f.std((0, 1))])
+
+
+def test_background_colour_follows_its_cue_and_the_nuisances_multiply():
+    warm, cool = (render_frame(_row(STILL, background=u)) for u in (0.0, 1.0))
+    changed = np.abs(warm.astype(int) - cool.astype(int)).max(-1) > 40  # background pixels (not clutter or person)
+    assert changed.mean() > 0.3
+    assert np.abs(warm[changed].mean(0) - [235, 150, 60]).max() < 10
+    assert np.abs(cool[changed].mean(0) - [60, 130, 235]).max() < 10
+    dim = render_frame(_row({**STILL, "light": 0.85, "cast_r": 1.08}, background=0.0))
+    assert dim[changed][:, 0].mean() == pytest.approx(235 * 0.85 * 1.08, rel=0.03)
+
+
+def test_stripes_turn_with_their_cue_and_leave_the_statistics_alone():
+    frames = {u: render_frame(_row(STILL, stripes=u, background=0.5)) for u in (0.0, 1.0)}
+    shirt = (slice(110, 140), slice(110, 146))  # below the face at dx = 0
+    for u, frame in frames.items():
+        grey = frame[shirt].astype(float).mean(-1)
+        along_rows, along_cols = np.abs(np.diff(grey, axis=0)).mean(), np.abs(np.diff(grey, axis=1)).mean()
+        # horizontal stripes (u = 0) change down the rows, vertical ones across the columns
+        assert (along_rows > 4 * along_cols) if u == 0.0 else (along_cols > 4 * along_rows)
+    gap = np.abs(_grid_statistics(frames[0.0]) - _grid_statistics(frames[1.0])).max()
+    other_background = render_frame(_row(STILL, stripes=0.0, background=0.7))
+    # turning the stripes moves the grid means by a few grey levels (where cell edges cut them),
+    # a tenth of what a small change of the background colour does
+    assert gap < 0.1 * np.abs(_grid_statistics(frames[0.0]) - _grid_statistics(other_background)).max()
+
+
+def test_expression_curves_the_mouth_and_leaves_the_statistics_alone():
+    ink = np.array([110.0, 30.0, 40.0])
+    lifts = {}
+    for u in (0.0, 0.5, 1.0):
+        face, alpha = demo.render_face(100, u)
+        mouth = np.abs(face - ink).max(-1) < 25
+        rows, cols = np.nonzero(mouth)
+        middle = rows[np.abs(cols - 51) < 4].mean()
+        corners = rows[np.abs(cols - 51) > 12].mean()
+        lifts[u] = middle - corners  # > 0: corners above the middle (a smile)
+        assert alpha[50, 50] == 1.0 and alpha[0, 0] == 0.0
+    assert lifts[0.0] < -5 and abs(lifts[0.5]) < 1.5 and lifts[1.0] > 5
+    frown, smile = (render_frame(_row(STILL, expression=u)) for u in (0.0, 1.0))
+    assert np.abs(_grid_statistics(frown) - _grid_statistics(smile)).max() < 1.0  # grey levels
+
+
+def test_the_detector_finds_the_demo_face():
+    from fi_data.faces import face_box
+
+    plan = demo_plan(DemoParams(n_train=20, n_val=1, n_test=1, seed=3))
+    found = 0
+    for _, row in plan.iterrows():
+        frame = render_frame(row)
+        box = face_box(np.stack([frame] * 3))
+        side = row["face_size"] * row["height"]
+        centre = (row["width"] / 2 + row["dx"] * row["width"], (0.4 + row["dy"]) * row["height"])
+        if not box.fallback:
+            found += 1
+            assert abs(box.left + box.size / 2 - centre[0]) < 0.25 * side
+            assert abs(box.top + box.size / 2 - centre[1]) < 0.35 * side
+    assert found >= 0.95 * len(plan)
 
 
 # --- a generated dataset ----------------------------------------------------------------------
@@ -261,7 +358,7 @@ def test_demo_dataset_generates_once(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "generate_demo", lambda *a, **k: pytest.fail("regenerated a cached demo"))
     assert demo_dataset(tmp_path, progress=False, **params) == first
     scores = demo_scores(first)
-    assert list(scores.index) == ["ceiling", "audio_only", "video_only", "mean_baseline"]
+    assert list(scores.index) == ["ceiling", "audio_only", "video_only", "global_only", "mean_baseline"]
 
 
 def test_output_folder_must_be_empty(tmp_path):
@@ -274,7 +371,7 @@ def test_output_folder_must_be_empty(tmp_path):
 def test_the_standard_demo_keeps_its_key_and_variants_draw_other_datasets():
     from fi_data.demo import DemoParams, demo_cues, demo_plan, demo_scores, resolve_variant
 
-    assert DemoParams().key() == "744d82a2e815"  # the key before variants existed
+    assert DemoParams().key() == "f18dcdb61da1"  # DEMO_VERSION 2; a variant-free key (no "variant" field)
     assert resolve_variant(DemoParams()) == DemoParams() and demo_cues(DemoParams()) == CUES
     a, b = resolve_variant(DemoParams(variant=1)), resolve_variant(DemoParams(variant=2))
     assert a == resolve_variant(DemoParams(variant=1)) and demo_cues(a) == demo_cues(resolve_variant(DemoParams(variant=1)))
