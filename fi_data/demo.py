@@ -147,6 +147,7 @@ class Cue:
 
 
 CUE_KINDS = ("global", "structure")
+"""The values of :attr:`Cue.kind`."""
 
 GLOBAL_NOISE_FACTOR = 2.5
 """A global cue's noise SD is ``GLOBAL_NOISE_FACTOR * cue_noise`` (1.25 label SDs by default):
