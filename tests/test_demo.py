@@ -152,13 +152,17 @@ def test_intonation_glides_each_syllable(u):
 
 
 def _stat_features(x):
-    """The clip statistics of the ridge baseline (fi_models.statistics.AudioStatistics) in numpy."""
+    """The cached MFCCs of a 44.1 kHz waveform (fi_data.audio, default settings) and the ridge's
+    audio statistics of them (fi_models.statistics.AudioStatistics)."""
     import librosa
 
-    mfcc = librosa.feature.mfcc(y=librosa.resample(x, orig_sr=44100, target_sr=16000), sr=16000, n_mfcc=24,
-                                hop_length=256)
-    mfcc = (mfcc - mfcc.mean()) / mfcc.std()
-    return mfcc, np.concatenate([mfcc.mean(1), mfcc.std(1), np.abs(np.diff(mfcc, axis=1)).mean(1)])
+    from fi_data.audio import waveform_features
+    from fi_data.params import PreprocessParams
+    from fi_models.statistics import AudioStatistics
+
+    params = PreprocessParams()
+    mfcc, _ = waveform_features(librosa.resample(x, orig_sr=44100, target_sr=params.sample_rate), params)
+    return mfcc, np.asarray(AudioStatistics()(mfcc[None, :, :, None]))[0]
 
 
 def test_intonation_is_invisible_to_clip_statistics_but_not_to_the_sequence():
@@ -176,11 +180,10 @@ STILL = dict(width=256, height=144, dx=0.0, dy=0.0, gradient=0.0, light=1.0, cas
 
 
 def _grid_statistics(frame):
-    """Per-channel 3x3 grid means and SD of a frame: the ridge's frame statistics in numpy."""
-    f = frame.astype(float)
-    h, w = f.shape[:2]
-    cells = [f[h * i // 3:h * (i + 1) // 3, w * j // 3:w * (j + 1) // 3].mean((0, 1)) for i in range(3) for j in range(3)]
-    return np.concatenate([*cells, f.std((0, 1))])
+    """The ridge's frame statistics of one frame (fi_models.statistics.FrameStatistics), in grey levels."""
+    from fi_models.statistics import FrameStatistics
+
+    return 255.0 * np.asarray(FrameStatistics()(frame[None, None]))[0]
 
 
 def test_background_colour_follows_its_cue_and_the_nuisances_multiply():
