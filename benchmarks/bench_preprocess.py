@@ -1,14 +1,15 @@
 """Benchmark the preprocessing stage on real-size clips, measured side by side in one run.
 
-Makes a few clips like First Impressions V2 itself (1280x720, 15.3 s, 30 fps, H.264 + AAC
-44.1 kHz stereo; lavfi ``testsrc2`` with grain so the decoder works as on camera footage, and
-a tone; the last ``--letterboxed`` clips are 960x720 with a 16:9 picture between black bars,
-as part of the release is; the first ``--face-clips`` have a real face, the head and shoulders
+Makes a few clips like First Impressions V2 itself (1280x720, 15.3 s, 30 fps, H.264 High with
+3 B-frames and a keyframe every 250 frames, as the release clips are, + AAC 44.1 kHz stereo;
+lavfi ``testsrc2`` (moving) with grain so the decoder works as on camera footage, and a tone;
+the last ``--letterboxed`` clips are 960x720 with a 16:9 picture between black bars, as part
+of the release is; the first ``--face-clips`` have a real face, the head and shoulders
 of ``skimage.data.astronaut()`` pasted still in the upper middle of the picture, its face a
-quarter of the picture's height, under the grain) in a temporary folder, then prints four
+quarter of the picture's height, under the grain) in a temporary folder, then prints five
 ratios (medians over rounds, each round timing every method on the same clip back to back):
 
-1. per-clip preprocessing (``fi_data.cache.extract_clip_features``: probe, one decode pass,
+1. per-clip preprocessing (``fi_data.cache.extract_clip_features``: probe, the decode,
    MFCC, 6 frames) / ``ffmpeg -i clip -f null -`` (a full decode)         target <= 1.0
 2. the common approach (every frame to JPEG with ffmpeg, then read 6 with cv2 and resize)
    / ours                                                                 target >= 3
@@ -16,6 +17,13 @@ ratios (medians over rounds, each round timing every method on the same clip bac
 4. per-clip preprocessing with faces (``PreprocessParams(frames="both")``: the face box
    searched on 3 sampled frames, and the face crops) / without them (the default
    ``frames="whole"``)                                                    target <= 1.3
+5. packet skipping: whole-frame preprocessing (``extract_clip_features``, one thread) / the
+   full decode (``ffmpeg -threads 1 -i clip -f null -``)                  target <= 0.85
+   beside the same preprocessing without packet skipping (``probe`` without the packet index,
+   so ``decode_clip`` decodes every frame: the extraction as it was), the share of pictures the
+   fast path decodes, and a check that both give identical arrays. Beside the wall times, the
+   CPU seconds of all the processes (the fast path runs two ffmpeg processes at once, joined
+   by a pipe; the second does all the decoding)
 
 and, beside the full decode, what the black-bar removal costs per clip: ``bars`` (the
 detection, ``fi_data.video.detect_bars``, plus the crop and resize, ``fit_frames``, on the six
@@ -34,8 +42,8 @@ process (how ``build_cache`` decodes: its parallelism is over clips). The load a
 printed too: on a shared machine the numbers move with it.
 
 Usage: ``.venv/bin/python benchmarks/bench_preprocess.py [--clips 4] [--letterboxed 1]
-[--face-clips 1] [--rounds 3] [--copies 3] [--workers-only]`` (defaults shown; about 5-8 minutes
-on 2 shared cores).
+[--face-clips 1] [--rounds 3] [--copies 3] [--workers-only | --skip-only]`` (defaults shown;
+about 6-9 minutes on 2 shared cores; ``--skip-only`` measures only ratio 5, about 2 minutes).
 """
 
 from __future__ import annotations
@@ -43,12 +51,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -57,9 +67,10 @@ import skimage.data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fi_data import cache as cache_module  # noqa: E402
 from fi_data.cache import PreprocessParams, build_cache, extract_clip_features, open_path  # noqa: E402
 from fi_data.faces import crop_faces, face_box  # noqa: E402
-from fi_data.ffmpeg_tools import decode_clip, input_url, probe, require_ffmpeg  # noqa: E402
+from fi_data.ffmpeg_tools import _skip_plan, decode_clip, input_url, probe, require_ffmpeg  # noqa: E402
 from fi_data.traits import TRAITS  # noqa: E402
 from fi_data.video import detect_bars, evenly_spaced_indices, fit_frames, fit_geometry, source_chain  # noqa: E402
 
@@ -98,7 +109,8 @@ def make_clip(path: Path, seed: int, letterboxed: bool = False, seconds: float =
     else:
         inputs = ["-f", "lavfi", "-i", f"{pattern},{grain}", *audio]
     subprocess.run([require_ffmpeg()[0], "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *inputs, "-ac", "2",
-                    "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
+                    "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-profile:v", "high", "-bf", "3",
+                    "-g", "250", "-sc_threshold", "0", "-pix_fmt", "yuv420p",
                     "-c:a", "aac", "-b:a", "128k", input_url(path)], check=True)
 
 
@@ -146,6 +158,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds per clip (default 3)")
     ap.add_argument("--copies", type=int, default=3, help="cache entries per clip for the worker test (default 3)")
     ap.add_argument("--workers-only", action="store_true", help="measure only ratio 3 (2 workers vs 1)")
+    ap.add_argument("--skip-only", action="store_true",
+                    help="measure only ratio 5 (packet skipping: new and old extraction vs the full decode)")
     args = ap.parse_args()
     params = PreprocessParams()
     m = 957  # 1 + 15.3 s * 16000 / 256: the real clips' frame count
@@ -163,9 +177,12 @@ def main() -> None:
               f"{n_face} with a face ({mb:.1f} MB each) in {time.perf_counter() - start:.1f} s")
         extract_clip_features(clips[0], params, m)  # warm-up: librosa's first call loads its JIT cache
         extract_clip_features(clips[0], dataclasses.replace(params, frames="both"), m)  # and the face cascade's load
-        if not args.workers_only:
+        if not (args.workers_only or args.skip_only):
             per_clip_ratios(clips, params, m, args.rounds, tmp, faces=set(clips[:n_face]))
-        worker_ratio(clips, params, args.copies, tmp)
+        if not args.workers_only:
+            skip_ratio(clips, params, m, args.rounds)
+        if not args.skip_only:
+            worker_ratio(clips, params, args.copies, tmp)
     print(load())
 
 
@@ -233,6 +250,72 @@ def per_clip_ratios(clips: list[Path], params: PreprocessParams, m: int, rounds:
             print(f"  {kind:<23} threads {label:>4}: with faces / without = {t['with faces'] / t.ours:.2f}, face "
                   f"search {t['face search'] * 1e3:.0f} ms, full decode {t.decode * 1e3:.0f} ms; "
                   f"{len(boxes)} clip(s), face found in {hits} searched frames")
+
+
+def without_skipping():
+    """The extraction as it was before packet skipping: ``probe`` without the packet index, so
+    every ``decode_clip`` of ``extract_clip_features`` decodes the whole clip."""
+    return mock.patch.object(cache_module, "probe", lambda path, timeout_s=60.0, **_: probe(path, timeout_s))
+
+
+def timed_cpu(fn) -> tuple[float, float]:
+    """Wall seconds and the CPU seconds (user + system) of this process and its children."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    own = time.process_time()
+    fn()
+    wall, own = time.perf_counter() - start, time.process_time() - own
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, own + after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def skip_ratio(clips: list[Path], params: PreprocessParams, m: int, rounds: int) -> None:
+    """Ratio 5: the full decode, the extraction without packet skipping (old) and with it (new),
+    all with one thread, back to back on the same clip each round; medians over rounds and clips."""
+    for clip in clips:  # what the fast path decodes, and that both extractions agree
+        media = probe(clip, packets=True)
+        packets = media.video_packets
+        indices = evenly_spaced_indices(media.frame_count_hint, params.n_frames)
+        plan = _skip_plan(packets, sorted(set(indices.tolist()))) if packets is not None else None
+        new = extract_clip_features(clip, params, m, threads=1)
+        with without_skipping():
+            old = extract_clip_features(clip, params, m, threads=1)
+        same = (np.array_equal(new.frames, old.frames) and np.array_equal(new.audio, old.audio)
+                and new.flags == old.flags and new.info == old.info)
+        if plan is None:
+            print(f"{clip.name}: no packet-skipping plan (index {'read' if packets else 'refused'}); "
+                  f"arrays identical: {same}")
+            continue
+        idrs = [k for k, kind in enumerate(packets.kind) if kind == "I"]
+        print(f"{clip.name}: {len(packets)} frames, IDR pictures at {idrs}, {packets.kind.count('N')} non-reference "
+              f"pictures; sampled {indices.tolist()}: the fast path decodes {len(plan.kept)} pictures "
+              f"({len(plan.kept) / len(packets):.0%}); new and old arrays identical: {same}")
+        if not same:
+            raise SystemExit("packet skipping changed the cached arrays")
+    rows = []
+    for _ in range(rounds):
+        for clip in clips:
+            row = {"clip": clip.name}
+            row["full decode"], row["full decode cpu"] = timed_cpu(lambda: full_decode(clip, 1))
+            with without_skipping():
+                row["old extraction"], row["old cpu"] = timed_cpu(
+                    lambda: extract_clip_features(clip, params, m, threads=1))
+            row["new extraction"], row["new cpu"] = timed_cpu(lambda: extract_clip_features(clip, params, m, threads=1))
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    per_clip = table.groupby("clip").median()
+    per_clip["new / full"] = per_clip["new extraction"] / per_clip["full decode"]
+    per_clip["old / full"] = per_clip["old extraction"] / per_clip["full decode"]
+    print(f"\npacket skipping, one thread each: seconds, median of {rounds} rounds ({load()}):")
+    print(per_clip.round(3).to_string())
+    t = table.drop(columns="clip").median()
+    ratio = t["new extraction"] / t["full decode"]
+    print(f"all clips (medians), wall: full decode {t['full decode']:.3f} s, old extraction "
+          f"{t['old extraction']:.3f} s, new extraction {t['new extraction']:.3f} s; CPU: "
+          f"{t['full decode cpu']:.3f} s, {t['old cpu']:.3f} s, {t['new cpu']:.3f} s")
+    print(f"new / full decode = {ratio:.2f} (target <= 0.85) {'PASS' if ratio <= 0.85 else 'FAIL'}; "
+          f"old / full decode = {t['old extraction'] / t['full decode']:.2f}; "
+          f"new / old = {t['new extraction'] / t['old extraction']:.2f}; "
+          f"in CPU seconds new / full decode = {t['new cpu'] / t['full decode cpu']:.2f}")
 
 
 def worker_ratio(clips: list[Path], params: PreprocessParams, copies: int, tmp: Path) -> None:

@@ -35,7 +35,8 @@ Bad clips (the policy is the same in every split; each code is listed in the man
   ``frame_count_mismatch`` (the container's frame count was wrong; frames are spaced over
   those that really decode), ``decode_errors`` (ffmpeg reported errors decoding the clip but
   gave frames; the timestamp complaints of our own outputs on variable-frame-rate clips do not
-  count, see ``fi_data.ffmpeg_tools.split_tool_messages``), ``rotated`` (stored turned with a
+  count, see ``fi_data.ffmpeg_tools.split_tool_messages``; when the decode skips packets, only
+  the pictures it decodes are checked, see ``fi_data.ffmpeg_tools``), ``rotated`` (stored turned with a
   display rotation; decoded upright, ``source_size`` is the displayed size, ``coded_size`` the
   stored one), ``odd_resolution`` (the displayed size is neither 16:9 nor 4:3, or lower than
   the frame height; resized the same way, never stretched), ``mono_audio`` (information only:
@@ -47,8 +48,11 @@ Every message (``detail``) names the clip by its source (a path, or an archive l
 ``train-1.zip::training80_01.zip::<name>.mp4``), never by the temporary copy it was decoded from.
 
 Extraction of one clip (:func:`_extract`) is a short sequence of steps, each one job: probe
-(file, headers, sizes), decode (one ffmpeg pass, a second only when the container's frame
-count was wrong), frames (bars, fit, and the face box and crops with ``frames="face"`` or
+(file, headers, sizes, and the packet index that allows skipping packets), decode (for an H.264
+MP4 whose packet index is sound, a decode of only the pictures the sampled frames need, else,
+or when that run is not clean and whole, one ffmpeg pass that decodes every frame, see
+``fi_data.ffmpeg_tools``; a second full pass only when the container's frame count was wrong),
+frames (bars, fit, and the face box and crops with ``frames="face"`` or
 ``"both"``: ``fi_data.faces``), audio (features), flags.
 
 No NaN or Inf enters the cache: features are checked per clip and ``write_split`` checks
@@ -280,7 +284,7 @@ def _probe_step(path: Path, timeout_s: float) -> ProbeInfo:
     if path.stat().st_size == 0:
         raise _Skip("empty_file", str(path))
     try:
-        return probe(path, timeout_s)
+        return probe(path, timeout_s, packets=True)
     except MediaError as e:
         raise _Skip(e.reason, e.detail) from None
 
@@ -306,6 +310,11 @@ def _decode_step(path: Path, media: ProbeInfo, params: PreprocessParams, *, thre
     Pass 1 picks frames by the container's count (right for sound clips) and counts the frames
     that really decode; pass 2 (video only) runs only if that count differs. When only the
     audio stream is undecodable the video is kept (``audio_error`` says why).
+
+    Pass 1 may skip packets (``media.video_packets``, present only when the packets number
+    exactly the container's count, so the sampled frames are the same): its count is then the
+    packet count and pass 2 never runs. The retry without audio and pass 2 always decode every
+    frame.
     """
     width, height = media.display_width, media.display_height  # ffmpeg turns rotated clips upright
     decode = dict(frame_chain=source_chain(width, height, params.scale_flags), frame_size=(height, width),
@@ -315,7 +324,7 @@ def _decode_step(path: Path, media: ProbeInfo, params: PreprocessParams, *, thre
     audio_error = None
     try:
         dec = decode_clip(path, frame_indices=guess, audio_rate=params.sample_rate if media.has_audio else None,
-                          audio_channels=media.audio_channels, **decode)
+                          audio_channels=media.audio_channels, packets=media.video_packets, **decode)
     except MediaError as e:
         if not media.has_audio or e.reason == "decode_timeout":
             raise _Skip(e.reason, e.detail) from None
@@ -658,9 +667,11 @@ def _run_jobs(todo: list[tuple[str, str]], job: _Job, workers: int, progress: bo
         for clip_id, source in todo:
             tick(job.run(clip_id, source))
         return
-    # No clip can take longer than its four ffmpeg/ffprobe runs; waiting longer means a worker
-    # died (e.g. killed for memory), which multiprocessing.Pool would otherwise wait out forever.
-    stall_s = 4 * job.timeout_s + 600
+    # No clip can take longer than its six ffmpeg/ffprobe runs at most (two probes, a packet-
+    # skipping decode given up and the full decode, the retry without audio, pass 2); waiting longer
+    # means a worker died (e.g. killed for memory), which multiprocessing.Pool would otherwise wait
+    # out forever.
+    stall_s = 6 * job.timeout_s + 600
     pool = _pool_context().Pool(workers, initializer=_init_worker, initargs=(job,))
     try:
         results = pool.imap_unordered(_worker_task, todo, chunksize=1)

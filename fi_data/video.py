@@ -4,7 +4,9 @@ Frame selection: ``n`` frames evenly spaced over the ``N`` frames that really de
 container's count is only a hint): frame ``i`` is the centre of the ``i``-th of ``n`` equal
 segments, ``floor((i + 0.5) * N / n)``. For ``N = 459, n = 6`` that is 38, 114, 191, 267,
 344, 420: the whole clip is covered and the first and last frames (fades, cuts) are avoided.
-With ``N < n`` frames, indices repeat evenly (``N = 3``: 0, 0, 1, 1, 2, 2).
+With ``N < n`` frames, indices repeat evenly (``N = 3``: 0, 0, 1, 1, 2, 2). When
+``fi_data.ffmpeg_tools.decode_clip`` skips packets, ``N`` is the packet count, which it then
+requires to equal the container's count; otherwise ``N`` is counted by decoding every frame.
 
 The sampled frames come out of ffmpeg at source size (:func:`source_chain`), so that black
 bars can be found to the pixel and removed before anything is scaled:
@@ -30,7 +32,8 @@ bars can be found to the pixel and removed before anything is scaled:
 
 Cost (``benchmarks/bench_preprocess.py``): passing six source-size frames out of ffmpeg instead
 of six small ones, the detection and the resize together add a few percent to a clip's
-preprocessing, which is dominated by decoding every frame. The alternatives cost more:
+preprocessing, which is dominated by decoding (every frame, or on a release clip only the
+pictures the sampled frames need: ``fi_data.ffmpeg_tools``). The alternatives cost more:
 detecting on the small frames gives the bars only to ~5 source pixels and needs a second decode
 of every barred clip to crop before the resize; ffmpeg's ``cropdetect`` reports per frame in
 the log, so its box could only be applied by a second decode.

@@ -5,8 +5,10 @@ import subprocess
 import numpy as np
 import pytest
 
+from fi_data import cache as cache_module
+from fi_data import ffmpeg_tools
 from fi_data.cache import PreprocessParams, extract_clip_features
-from fi_data.ffmpeg_tools import passthrough_args
+from fi_data.ffmpeg_tools import VideoPackets, decode_clip, passthrough_args, probe
 from fi_data.video import (BAR_LUMA_MAX, CropBox, detect_bars, evenly_spaced_indices, fit_frames, fit_geometry,
                            is_odd_resolution, source_chain)
 
@@ -134,6 +136,117 @@ def test_frames_are_evenly_spaced_over_the_frames_that_decode(tmp_path):
     assert result.info == {**result.info, "frame_count_hint": 60, "video_frames": len(reference)}
     assert "frame_count_mismatch" in result.flags
     np.testing.assert_array_equal(result.frames, reference[evenly_spaced_indices(len(reference), 6)])
+    assert probe(clip, packets=True).video_packets is not None
+    assert probe(cut, packets=True).video_packets is None  # its packets do not all read: never seeked
+
+
+# ----------------------------------------------------------------------------------------
+# Packet skipping (fi_data.ffmpeg_tools.decode_clip's fast path) gives exactly the full decode's frames
+
+CODE_BASE, CODE_STEP = 13, 15
+"""Gray-coded frames: frame ``k`` shows ``k % 13`` and ``k // 13`` as two flat gray strips of
+level ``40 + 15 * digit`` (far from black, so never taken for bars; 15 levels survive lossy H.264)."""
+
+
+def gray_coded_clip(path, n_video_frames, rate, keyint=60, width=64, height=48):
+    """libx264 High with 3 B-frames and a keyframe every ``keyint`` frames (as the release, only
+    shorter), a moving texture under the two code strips, and a tone."""
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (height // 3, 2 * width), dtype=np.uint8)
+    frames = np.empty((n_video_frames, height, width), np.uint8)
+    for k in range(n_video_frames):
+        frames[k, :height // 3] = 40 + CODE_STEP * (k % CODE_BASE)
+        frames[k, height // 3:2 * height // 3] = 40 + CODE_STEP * (k // CODE_BASE)
+        frames[k, 2 * height // 3:] = np.roll(texture, 3 * k, axis=1)[:, :width]
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{width}x{height}",
+                    "-r", rate, "-i", "-", "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=44100",
+                    "-c:v", "libx264", "-profile:v", "high", "-bf", "3", "-g", str(keyint), "-sc_threshold", "0",
+                    "-crf", "18", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)],
+                   input=frames.tobytes(), check=True, capture_output=True)
+    return path
+
+
+def frame_numbers(frames):
+    """The source frame each RGB frame of a :func:`gray_coded_clip` is."""
+    third = frames.shape[1] // 3
+    digits = [np.round((frames[:, a + 2:a + third - 2, 2:-2].mean(axis=(1, 2, 3)) - 40) / CODE_STEP).astype(int)
+              for a in (0, third)]
+    return (digits[0] + CODE_BASE * digits[1]).tolist()
+
+
+def test_skip_plan_keeps_what_the_selected_frames_need_and_its_filters_drop_the_rest():
+    # 1000 packets in x264's order with 3 B-frames, an IDR every 250: I, then P B b b (shown b B b P)
+    kinds = ("I" + "RRNN" * 62 + "R") * 4
+    order = []
+    for base in range(0, 1000, 250):
+        order += [base] + [base + 4 * (j // 4) + (4, 2, 1, 3)[j % 4] for j in range(248)] + [base + 249]
+    packets = VideoPackets(tuple(order), tuple(kinds), 1280 * 720)
+    assert len(set(packets.pts)) == 1000
+    indices = evenly_spaced_indices(1000, 16).tolist()
+    plan = ffmpeg_tools._skip_plan(packets, indices)
+    by_pts = sorted(range(1000), key=packets.pts.__getitem__)
+    targets = {by_pts[k] for k in indices}
+    assert 0 in plan.kept and targets <= set(plan.kept)
+    assert all(packets.kind[j] != "N" or j in targets for j in plan.kept)  # no unneeded non-reference picture
+    for k in indices:  # every reference picture from the frame's IDR up to it
+        pos = by_pts[k]
+        idr = max(j for j in range(pos + 1) if packets.kind[j] == "I")
+        assert {j for j in range(idr, pos + 1) if packets.kind[j] != "N"} <= set(plan.kept)
+    kept_by_pts = sorted(plan.kept, key=packets.pts.__getitem__)
+    assert [kept_by_pts[i] for i in plan.pick] == [by_pts[k] for k in indices]
+    # the drop filters, evaluated as ffmpeg's noise filter does (each numbers its own input from 0)
+    filters = plan.drop_filters().split(",noise=")
+    assert len(filters) > 1  # more runs than one expression takes
+    alive = list(range(1000))
+    for f in filters:
+        terms = f.removeprefix("noise=").removeprefix("drop=").split("+")
+        def dropped(n):
+            for t in terms:
+                args = [int(x) for x in t[t.index("(") + 1:-1].replace("\\", "").split(",")[1:]]
+                if (t.startswith("eq") and n == args[0] or t.startswith("between") and args[0] <= n <= args[1]
+                        or t.startswith("gte") and n >= args[0]):
+                    return True
+            return False
+        assert len(terms) <= 64
+        alive = [p for n, p in enumerate(alive) if not dropped(n)]
+    assert alive == list(plan.kept)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("rate", ["30", "30000/1001"])
+def test_packet_skipping_gives_exactly_the_frames_of_the_full_decode(tmp_path, rate, monkeypatch):
+    monkeypatch.setattr(ffmpeg_tools, "MIN_SKIPPED_PIXELS", 0)  # these frames are small: take it anyway
+    n = 150  # 5 s: IDR pictures at 0, 60, 120, so the sampled frames fall in three groups
+    clip = gray_coded_clip(tmp_path / "coded.mp4", n, rate)
+    media = probe(clip, packets=True)
+    packets = media.video_packets
+    assert packets is not None and len(packets) == n == media.frame_count_hint
+    assert [i for i, kind in enumerate(packets.kind) if kind == "I"] == [0, 60, 120]
+    assert packets.kind.count("N") > n // 4  # B-frames that nothing is predicted from: skipped
+    assert any(b < a for a, b in zip(packets.pts, packets.pts[1:]))  # B-frames: pts out of file order
+    params = PreprocessParams(frame_height=48, frame_width=64)
+    runs = []
+    monkeypatch.setattr(cache_module, "decode_clip", lambda *a, **k: runs.append(decode_clip(*a, **k)) or runs[-1])
+    result = extract_clip_features(clip, params, 10)  # the cache's own path: probe, then packet skipping
+    assert [run.fast_path for run in runs] == [True]
+    assert result.status == "ok" and result.flags == ("mono_audio",) and result.info["video_frames"] == n
+    assert frame_numbers(result.frames) == evenly_spaced_indices(n, 6).tolist()
+    decode = dict(frame_chain=source_chain(64, 48), frame_size=(48, 64), audio_rate=16000, audio_channels=1)
+    for indices in (evenly_spaced_indices(n, 16), [0, 59, 60, 61, 119, 120, 149, 149]):
+        fast = decode_clip(clip, frame_indices=indices, packets=packets, **decode)
+        full = decode_clip(clip, frame_indices=indices, **decode)
+        assert fast.fast_path and not full.fast_path and fast.errors == full.errors == ""
+        assert fast.n_video_frames == full.n_video_frames == n
+        assert frame_numbers(fast.frames) == sorted(set(int(i) for i in indices))
+        np.testing.assert_array_equal(fast.frames, full.frames)
+        np.testing.assert_array_equal(fast.audio, full.audio)
+    # a shortened stream that does not decode cleanly (here: reference pictures wrongly skipped)
+    # falls back to the full decode
+    wrong = VideoPackets(packets.pts, tuple("I" if k == "I" else "N" for k in packets.kind), packets.pixels)
+    fallback = decode_clip(clip, frame_indices=[5, 70, 130], packets=wrong, **decode)
+    assert not fallback.fast_path and frame_numbers(fallback.frames) == [5, 70, 130]
+    monkeypatch.setattr(ffmpeg_tools, "MIN_SKIPPED_PIXELS", 10**12)  # not worth a second process: full decode
+    assert not decode_clip(clip, frame_indices=[5], packets=packets, **decode).fast_path
 
 
 # ----------------------------------------------------------------------------------------
