@@ -137,32 +137,76 @@ def test_face_box_ignores_a_face_free_frame_and_widens_the_box():
     assert face.size > region[2]  # widened past the pasted face
 
 
+def fake_detector(faces_by_frame, calls):
+    """A stand-in for ``detect_faces`` on frames numbered by their first pixel: frame ``i`` has the
+    faces ``faces_by_frame[i]``; a ``near`` search returns those that lie in its square with a side
+    in its range (as the cascade would find them there). Each call is recorded as ``(i, near?)``."""
+    def detect(frame, box=None, *, near=None):
+        i = int(frame[0, 0, 0])
+        calls.append((i, near is not None))
+        found = faces_by_frame.get(i, [])
+        if near is not None:
+            cy, cx, side = near
+            reach = faces.NEAR_REACH * side
+            found = [(t, l, h, w) for t, l, h, w in found
+                     if cy - reach <= t and t + h <= cy + reach and cx - reach <= l and l + w <= cx + reach
+                     and side / faces.AGREE_SIZE <= (h + w) / 2 <= side * faces.AGREE_SIZE]
+        return found
+    return detect
+
+
+NUMBERED = np.arange(6, dtype=np.uint8)[:, None, None, None] * np.ones((1, H, W, 3), np.uint8)
+"""Six frames whose first pixel is their number; face_box searches frames 1, 3 and 5."""
+
+
 def test_face_box_median_outvotes_one_false_detection(monkeypatch):
-    fake = iter([[(100, 200, 80, 80), (300, 300, 30, 30)],  # the speaker (largest) and a small face behind
-                 [(500, 1000, 200, 200)],  # one false detection, larger than the speaker
-                 [(104, 204, 80, 80)]])
-    monkeypatch.setattr(faces, "detect_faces", lambda frame, box: next(fake))
-    face = face_box(np.zeros((6, H, W, 3), np.uint8))
+    calls = []
+    monkeypatch.setattr(faces, "detect_faces", fake_detector({
+        1: [(100, 200, 80, 80), (300, 300, 30, 30)],  # the speaker (largest) and a small face behind
+        3: [(500, 1000, 200, 200)],  # one false detection, larger than the speaker, elsewhere
+        5: [(104, 204, 80, 80)]}, calls))
+    face = face_box(NUMBERED)
     # medians: centre y of 140, 600, 144 -> 144; centre x of 240, 1100, 244 -> 244; side 80 -> 120
     assert face == FaceBox(top=84, left=184, size=120, found=3, searched=3)
+    # frame 3: nothing near the first face, so the whole frame is searched, then frame 5
+    assert calls == [(1, False), (3, True), (3, False), (5, False)]
 
 
 def test_two_agreeing_frames_end_the_search_and_two_disagreeing_ones_do_not(monkeypatch):
     calls = []
-
-    def detections(faces_in_order):
-        found = iter(faces_in_order)
-        return lambda frame, box: calls.append(1) or next(found)
-
-    monkeypatch.setattr(faces, "detect_faces", detections([[(100, 200, 80, 80)], [(110, 210, 84, 84)]]))
-    face = face_box(np.zeros((6, H, W, 3), np.uint8))
-    assert len(calls) == 2 and (face.found, face.searched) == (2, 2)
+    monkeypatch.setattr(faces, "detect_faces", fake_detector({1: [(100, 200, 80, 80)], 3: [(110, 210, 84, 84)]},
+                                                             calls))
+    face = face_box(NUMBERED)
+    assert calls == [(1, False), (3, True)]  # the second frame searched only near the first face
+    assert (face.found, face.searched) == (2, 2)
     # the mean of the two: centre (146, 246), side 82 -> 123 widened, so top 146 - 61.5 rounds to 84
     assert face == FaceBox(top=84, left=184, size=123, found=2, searched=2)
     calls.clear()  # the same place but half the size: not the same face, so the third frame decides
-    monkeypatch.setattr(faces, "detect_faces", detections([[(100, 200, 80, 80)], [(100, 200, 40, 40)],
-                                                           [(102, 202, 80, 80)]]))
-    assert face_box(np.zeros((6, H, W, 3), np.uint8)).searched == 3 and len(calls) == 3
+    monkeypatch.setattr(faces, "detect_faces", fake_detector({1: [(100, 200, 80, 80)], 3: [(100, 200, 40, 40)],
+                                                              5: [(102, 202, 80, 80)]}, calls))
+    assert face_box(NUMBERED).searched == 3 and calls == [(1, False), (3, True), (3, False), (5, False)]
+
+
+def test_the_near_search_finds_the_face_the_whole_search_finds():
+    rng = np.random.default_rng(21)
+    for side, top, left in ((120, 150, 300), (260, 60, 900), (90, 500, 40)):
+        frame, region = paste_face(clutter(rng), side, top, left)
+        whole = detect_faces(frame)
+        assert whole, (side, top, left)
+        first = faces._centre_side(largest(whole))
+        shifted = (first[0] + 0.1 * first[2], first[1] - 0.1 * first[2], first[2] * 1.1)  # another frame's
+        for near in (first, shifted):
+            found = [faces._centre_side(f) for f in detect_faces(frame, near=near)]
+            assert any(faces._agree(near, f) for f in found)
+            # each face it finds is the face the whole search finds (the same shrunk picture; the
+            # windows grouped are only those of the near sizes, so the box may move by a few pixels)
+            assert all(faces._agree(f, first) for f in found)
+            if near == first:
+                assert all(max(abs(a - b) for a, b in zip(f, first)) <= 0.05 * first[2] for f in found)
+        far = (first[0], (first[1] + W / 2) % W, first[2])  # half the frame's width away: no face there
+        assert not any(faces._agree(far, faces._centre_side(f)) for f in detect_faces(frame, near=far))
+    with pytest.raises(ValueError, match="positive"):
+        detect_faces(frame, near=(10, 10, 0))
 
 
 def test_face_box_lies_inside_the_letterbox_picture():
@@ -192,7 +236,7 @@ def test_faces_are_searched_only_inside_the_box():
 
 
 def test_a_square_larger_than_the_picture_is_clamped_to_its_short_side(monkeypatch):
-    monkeypatch.setattr(faces, "detect_faces", lambda frame, box: [(0, 0, 700, 700)])
+    monkeypatch.setattr(faces, "detect_faces", lambda frame, box, near=None: [(0, 0, 700, 700)])
     face = face_box(np.zeros((3, H, W, 3), np.uint8))  # 700 * 1.5 = 1050 > 720
     assert (face.top, face.size) == (0, H) and 0 <= face.left and face.left + face.size <= W
 
@@ -200,7 +244,7 @@ def test_a_square_larger_than_the_picture_is_clamped_to_its_short_side(monkeypat
 def test_detect_frames_spreads_and_deduplicates(monkeypatch):
     calls = []
     frames = np.arange(6, dtype=np.uint8)[:, None, None, None] * np.ones((1, 64, 64, 3), np.uint8)
-    monkeypatch.setattr(faces, "detect_faces", lambda frame, box: calls.append(int(frame[0, 0, 0])) or [])
+    monkeypatch.setattr(faces, "detect_faces", lambda frame, box, near=None: calls.append(int(frame[0, 0, 0])) or [])
     assert face_box(frames).searched == 3 and calls == [1, 3, 5]
     calls.clear()
     assert face_box(frames[:2], detect_frames=3).searched == 2 and calls == [0, 1]  # each frame once
