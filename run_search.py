@@ -29,7 +29,8 @@ import sys
 from pathlib import Path
 
 from fi_data.params import CLI_PREPROCESSING, PreprocessParams
-from fi_data.settings import add_setting_arguments, default_of, duration, positive_int, setting_values
+from fi_data.settings import (add_setting_arguments, default_of, duration, flag_of, help_of, positive_int,
+                              setting_values)
 from search.config import SearchConfig
 
 ROOT = Path(__file__).resolve().parent
@@ -253,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=positive_int, default=None,
                    help="the search's max_epochs, whose multiple caps the retraining when --retrain-epochs is not "
                         "given (default: the run's)")
+    p.add_argument(flag_of(SearchConfig, "early_stopping_patience"), dest="early_stopping_patience", type=int,
+                   default=None, metavar="N",
+                   help=help_of(SearchConfig, "early_stopping_patience", False) + " (default: the run's; for a "
+                        f"JSON file, {default_of(SearchConfig, 'early_stopping_patience')})")
     add_setting_arguments(p, SearchConfig, ["verbose"])
     _add_retrain_args(p)
     _add_data_args(p)
@@ -586,7 +591,8 @@ def cmd_retrain(args) -> int:
         cached = None
     changes = {"train_on_train_plus_val": args.train_on_train_plus_val or config.train_on_train_plus_val,
                "verbose": args.verbose}
-    for name, value in (("retrain_epochs", args.retrain_epochs), ("max_epochs", args.max_epochs), ("seed", args.seed)):
+    for name, value in (("retrain_epochs", args.retrain_epochs), ("max_epochs", args.max_epochs), ("seed", args.seed),
+                        ("early_stopping_patience", args.early_stopping_patience)):
         if value is not None:
             changes[name] = value
     config = dataclasses.replace(config, **changes)

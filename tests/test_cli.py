@@ -420,6 +420,11 @@ def test_retrain_writes_beside_the_run_and_its_output_is_a_run_folder(finished_r
     assert "already holds a finished retraining" in capsys.readouterr().err
     assert run_search.main(["retrain", "--from", str(run), "--overwrite", "--verbose", "0"]) == 0
     again = tmp_path / "again"  # the retraining's folder is itself a source for retrain and predict
-    assert run_search.main(["retrain", "--from", str(beside), "--run-dir", str(again), "--verbose", "0"]) == 0
+    assert run_search.main(["retrain", "--from", str(beside), "--run-dir", str(again), "--verbose", "0",
+                            "--patience", "1"]) == 0
+    patience = {folder: json.loads((folder / "config.json").read_text())["settings"]["early_stopping_patience"]
+                for folder in (run, beside, again)}
+    assert patience == {run: finished_run["config"].early_stopping_patience,  # kept from the run, unless given
+                        beside: finished_run["config"].early_stopping_patience, again: 1}
     clip = next(finished_run["clips_dir"].glob("*.mp4"))
     assert run_search.main(["predict", "--run", str(again), str(clip), "--out", str(tmp_path / "p")]) == 0
