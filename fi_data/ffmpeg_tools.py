@@ -598,24 +598,13 @@ def _skip_decode(path: str | Path, packets: VideoPackets, plan: _SkipPlan, tmp: 
     packets) and keeps the selected ones by their place among the kept frames; the audio comes
     from the file itself with ``-vn``.
     """
-    height, width = frame_size
-    ffmpeg = require_ffmpeg()[0]
-    copy = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-nostats", "-i", input_url(path),
-            "-map", "0:V:0", "-c", "copy", "-bsf:v", plan.drop_filters(),
+    copy = [*_ffmpeg_quiet(), "-i", input_url(path), "-map", "0:V:0", "-c", "copy", "-bsf:v", plan.drop_filters(),
             "-f", "mp4", "-movflags", "frag_keyframe+empty_moov", "pipe:1"]
-    frames_file, audio_file = tmp / "frames.rgb", tmp / "audio.f32"
-    decode = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-nostats", "-progress", "pipe:1",
-              "-filter_complex_threads", "1", "-threads", str(threads),
-              *(["-skip_loop_filter", "all"] if skip_loop_filter else []), "-f", "mov", "-i", "pipe:0"]
-    picks = "+".join(f"eq(n\\,{i})" for i in plan.pick)
-    outputs = ["-filter_complex", f"[0:V:0]split=2[count][pick];[pick]select='{picks}',{frame_chain}[frames]",
-               "-map", "[count]", *passthrough_args(), "-f", "null", "-",
-               "-map", "[frames]", *passthrough_args(), "-f", "rawvideo", input_url(frames_file)]
-    channels = audio_channels or 1
+    decode = [*_decoder_head(threads, skip_loop_filter), "-f", "mov", "-i", "pipe:0"]
     if audio_rate:
         decode += ["-vn", "-i", input_url(path)]
-        outputs += ["-map", "1:a:0", "-ar", str(audio_rate), "-ac", str(channels), "-c:a", "pcm_f32le",
-                    "-f", "f32le", input_url(audio_file)]
+    outputs = _decode_outputs(select_expression(plan.pick), frame_chain, tmp, audio_input=1 if audio_rate else None,
+                              audio_rate=audio_rate, channels=audio_channels or 1)
     with open(tmp / "copy.log", "w+b") as copy_log:
         copier = subprocess.Popen(copy, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=copy_log,
                                   start_new_session=True)
@@ -639,17 +628,13 @@ def _skip_decode(path: str | Path, packets: VideoPackets, plan: _SkipPlan, tmp: 
     errors, notices = split_tool_messages(_tool_messages(out.stderr))
     counts = re.findall(rb"^frame=(\d+)", out.stdout, flags=re.MULTILINE)
     if (copier.returncode != 0 or copy_errors or out.returncode != 0 or errors
-            or not counts or int(counts[-1]) != len(plan.kept) or (audio_rate and not audio_file.exists())):
+            or not counts or int(counts[-1]) != len(plan.kept) or (audio_rate and not (tmp / _AUDIO_FILE).exists())):
         return None
-    raw = np.fromfile(frames_file, dtype=np.uint8) if frames_file.exists() else np.zeros(0, np.uint8)
-    if raw.size != len(plan.pick) * height * width * 3:
+    frames = _read_frames(tmp, frame_size)
+    if frames is None or len(frames) != len(plan.pick):
         return None
-    audio = None
-    if audio_rate:
-        samples = np.fromfile(audio_file, dtype="<f4")
-        audio = samples[: samples.size - samples.size % channels].reshape(-1, channels).astype(np.float32)
-    return Decoded(n_video_frames=len(packets), frames=raw.reshape(-1, height, width, 3), audio=audio, errors="",
-                   notices=notices, fast_path=True)
+    return Decoded(n_video_frames=len(packets), frames=frames, audio=_read_audio(tmp, audio_rate, audio_channels),
+                   errors="", notices=notices, fast_path=True)
 
 
 def _full_decode(path: str | Path, indices: list[int], tmp: Path, *, frame_chain: str,
@@ -657,24 +642,10 @@ def _full_decode(path: str | Path, indices: list[int], tmp: Path, *, frame_chain
                  skip_loop_filter: bool, timeout_s: float) -> Decoded:
     """The full decode (see :func:`decode_clip`): every frame decodes, a null sink counts them,
     ``select`` keeps ``indices`` (sorted, distinct), and the audio in the same run."""
-    height, width = frame_size
-    frames_file, audio_file = Path(tmp) / "frames.rgb", Path(tmp) / "audio.f32"
-    cmd = [require_ffmpeg()[0], "-nostdin", "-hide_banner", "-loglevel", "error", "-nostats",
-           "-progress", "pipe:1", "-threads", str(threads), "-filter_complex_threads", "1"]
-    if skip_loop_filter:
-        cmd += ["-skip_loop_filter", "all"]
-    cmd += ["-i", input_url(path)]
-    # Output 0 is a null sink fed every decoded frame: ffmpeg's progress report counts the
-    # frames of the first video output, which is therefore the number that really decode.
-    graph = "[0:V:0]split=2[count][pick];[pick]" + (select_expression(indices) if indices else "select=0")
-    graph += f",{frame_chain}[frames]"
-    cmd += ["-filter_complex", graph,
-            "-map", "[count]", *passthrough_args(), "-f", "null", "-",
-            "-map", "[frames]", *passthrough_args(), "-f", "rawvideo", input_url(frames_file)]
-    channels = audio_channels or 1
-    if audio_rate:
-        cmd += ["-map", "0:a:0", "-ar", str(audio_rate), "-ac", str(channels), "-c:a", "pcm_f32le",
-                "-f", "f32le", input_url(audio_file)]
+    cmd = [*_decoder_head(threads, skip_loop_filter), "-i", input_url(path),
+           *_decode_outputs(select_expression(indices) if indices else "select=0", frame_chain, tmp,
+                            audio_input=0 if audio_rate else None, audio_rate=audio_rate,
+                            channels=audio_channels or 1)]
     out = _run(cmd, timeout_s)
     messages = _tool_messages(out.stderr)
     errors, notices = split_tool_messages(messages)
@@ -683,13 +654,63 @@ def _full_decode(path: str | Path, indices: list[int], tmp: Path, *, frame_chain
     if out.returncode != 0:  # with no frame at all, ffmpeg cannot even set up the filters
         raise MediaError("decode_failed" if n_video else "no_decodable_frames",
                          _first_lines(errors or messages) or f"ffmpeg exit status {out.returncode}")
-    raw = np.fromfile(frames_file, dtype=np.uint8) if frames_file.exists() else np.zeros(0, np.uint8)
-    per_frame = height * width * 3
-    if raw.size % per_frame:
-        raise MediaError("decode_failed", f"frame output of {raw.size} bytes is not whole {width}x{height} frames")
-    frames = raw.reshape(-1, height, width, 3)
-    audio = None
-    if audio_rate:
-        samples = np.fromfile(audio_file, dtype="<f4") if audio_file.exists() else np.zeros(0, np.float32)
-        audio = samples[: samples.size - samples.size % channels].reshape(-1, channels).astype(np.float32)
-    return Decoded(n_video_frames=n_video, frames=frames, audio=audio, errors=errors, notices=notices)
+    frames = _read_frames(tmp, frame_size)
+    if frames is None:
+        height, width = frame_size
+        raise MediaError("decode_failed", f"frame output of {(tmp / _FRAMES_FILE).stat().st_size} bytes "
+                                          f"is not whole {width}x{height} frames")
+    return Decoded(n_video_frames=n_video, frames=frames, audio=_read_audio(tmp, audio_rate, audio_channels),
+                   errors=errors, notices=notices)
+
+
+_FRAMES_FILE, _AUDIO_FILE = "frames.rgb", "audio.f32"
+"""The raw outputs' names in a decode's private folder."""
+
+
+def _ffmpeg_quiet() -> list[str]:
+    return [require_ffmpeg()[0], "-nostdin", "-hide_banner", "-loglevel", "error", "-nostats"]
+
+
+def _decoder_head(threads: int, skip_loop_filter: bool) -> list[str]:
+    """The decoding ffmpeg's options before its inputs: a progress report on stdout (it counts the
+    decoded frames), ``threads`` decoder threads, one filter thread, the deblocking skipped."""
+    return [*_ffmpeg_quiet(), "-progress", "pipe:1", "-threads", str(threads), "-filter_complex_threads", "1",
+            *(["-skip_loop_filter", "all"] if skip_loop_filter else [])]
+
+
+def _decode_outputs(select: str, frame_chain: str, tmp: Path, *, audio_input: int | None,
+                    audio_rate: int | None, channels: int) -> list[str]:
+    """The decoding ffmpeg's filter graph and outputs: output 0 is a null sink fed every decoded
+    frame (ffmpeg's progress report counts the frames of the first video output, which is
+    therefore the number that really decode); ``select`` keeps frames through ``frame_chain``
+    into raw RGB; the audio of input ``audio_input`` (when not ``None``) goes to raw float32 at
+    ``audio_rate`` Hz with ``channels`` channels."""
+    outputs = ["-filter_complex", f"[0:V:0]split=2[count][pick];[pick]{select},{frame_chain}[frames]",
+               "-map", "[count]", *passthrough_args(), "-f", "null", "-",
+               "-map", "[frames]", *passthrough_args(), "-f", "rawvideo", input_url(tmp / _FRAMES_FILE)]
+    if audio_input is not None:
+        outputs += ["-map", f"{audio_input}:a:0", "-ar", str(audio_rate), "-ac", str(channels), "-c:a", "pcm_f32le",
+                    "-f", "f32le", input_url(tmp / _AUDIO_FILE)]
+    return outputs
+
+
+def _read_frames(tmp: Path, frame_size: tuple[int, int]) -> np.ndarray | None:
+    """The decoded frames, ``(n, height, width, 3)`` uint8 (none when there is no file), or
+    ``None`` when the file is not whole frames."""
+    height, width = frame_size
+    path = tmp / _FRAMES_FILE
+    raw = np.fromfile(path, dtype=np.uint8) if path.exists() else np.zeros(0, np.uint8)
+    if raw.size % (height * width * 3):
+        return None
+    return raw.reshape(-1, height, width, 3)
+
+
+def _read_audio(tmp: Path, audio_rate: int | None, audio_channels: int) -> np.ndarray | None:
+    """The decoded audio, ``(samples, channels)`` float32 (``None`` when ``audio_rate`` is ``None``;
+    no samples when there is no file); a partial last sample frame is dropped."""
+    if not audio_rate:
+        return None
+    channels = audio_channels or 1
+    path = tmp / _AUDIO_FILE
+    samples = np.fromfile(path, dtype="<f4") if path.exists() else np.zeros(0, np.float32)
+    return samples[: samples.size - samples.size % channels].reshape(-1, channels).astype(np.float32)
