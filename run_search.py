@@ -46,7 +46,7 @@ DEMO_CHOICES = {"vgg_width": [8, 16], "vgg_depth": [3, 2, 4], "fusion_units": [6
 SEARCH_SETTINGS = ("tuner", "factor", "hyperband_iterations", "max_trials", "executions_per_trial", "crop_size",
                    "augment", "audio_masking", "allow_resnet", "early_stopping_patience", "max_consecutive_failures",
                    "worker_timeout_s", "strategy", "overwrite", "verbose", "retrain_epochs", "train_on_train_plus_val",
-                   "jit_compile", "mixed_precision")
+                   "retrain_from_checkpoint", "jit_compile", "mixed_precision")
 """The ``SearchConfig`` settings whose flags are made from their fields (``fi_data.settings``); the
 others (max_epochs, time budget, batch sizes, seed, --fix/--choices, trials per process) have
 demo-or-real defaults or a syntax of their own, resolved in :func:`search_config`."""
@@ -177,7 +177,7 @@ def _add_search_args(p: argparse.ArgumentParser, retrain: bool = True) -> None:
                         "restarted with its old id resumes its unfinished trial")
     add_setting_arguments(g, SearchConfig, ["worker_timeout_s", "strategy"])
     if retrain:
-        _add_retrain_args(p)
+        _add_retrain_args(p, job=True)
     g = p.add_argument_group("run folder")
     g.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR,
                    help=f"where run folders go (default: {DEFAULT_RUNS_DIR.name}/)")
@@ -191,9 +191,12 @@ def _add_search_args(p: argparse.ArgumentParser, retrain: bool = True) -> None:
     add_setting_arguments(g, SearchConfig, ["verbose"])
 
 
-def _add_retrain_args(p: argparse.ArgumentParser) -> None:
+def _add_retrain_args(p: argparse.ArgumentParser, *, job: bool = False) -> None:
+    """The retraining's flags; ``job``: the search command's (its retraining may continue from
+    the best trial's checkpoint), not the ``retrain`` command's."""
     g = p.add_argument_group("retraining the best configuration")
-    add_setting_arguments(g, SearchConfig, ["retrain_epochs", "train_on_train_plus_val"])
+    add_setting_arguments(g, SearchConfig, ["retrain_epochs", "train_on_train_plus_val",
+                                            *(["retrain_from_checkpoint"] if job else [])])
     g.add_argument("--retrain-seeds", type=positive_int, default=1, metavar="K",
                    help="retrain the best configuration with K seeds (--seed, --seed+1, ...); the report gives "
                         "their mean and SD and the one best on validation is saved (default 1)")

@@ -14,10 +14,16 @@ reach, plus the search's and the whole job's wall time, and whether the targets 
 - search wall time <= budget + one epoch (``search.json``'s ``wall_s``; the allowance for
   "one epoch" is the slowest trial's wall time divided by its epochs, from ``trials.csv``).
 
+With ``--compare-scratch`` it also retrains each variant's best configuration from scratch
+(``run_search.py retrain --from RUN``: the same epoch cap, patience and time limit) and prints
+that model's test 1-MAE and R² beside the job's: with ``--extra --retrain-from-checkpoint`` the
+job continues from the best trial's checkpoint, so this measures that choice on the same search.
+
 Usage::
 
     python benchmarks/generalization.py                      # 3 random variants, 10 min each
     python benchmarks/generalization.py --seeds 11,12 --time-budget 5m
+    python benchmarks/generalization.py --variants 2 --time-budget 5m --compare-scratch --extra=--retrain-from-checkpoint
 
 Writes ``summary.csv`` and ``summary.md`` into ``--out`` (default a new folder under /tmp).
 """
@@ -98,6 +104,15 @@ def summary_row(seed: int, run_dir: Path, job_wall_s: float) -> dict:
     return row
 
 
+def scratch_columns(run_dir: Path, scratch_dir: Path) -> dict:
+    """The from-scratch retraining's test mean 1-MAE and R² and its difference to the job's model."""
+    job, scratch = variant_table(run_dir).loc["mean"], variant_table(scratch_dir).loc["mean"]
+    started = _read(run_dir / "metrics.json", "")["started_from"]
+    return {"job started from": f"trial {started['trial_id']}" if started else "scratch",
+            "scratch 1-MAE": round(float(scratch["model 1-MAE"]), 4), "scratch R²": round(float(scratch["model R²"]), 4),
+            "job - scratch": round(float(job["model 1-MAE"] - scratch["model 1-MAE"]), 4)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", type=int, default=3, help="number of random variants (default 3)")
@@ -105,6 +120,8 @@ def main(argv=None) -> int:
     parser.add_argument("--time-budget", default="10m", help="passed to run_search.py (default 10m)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a new one under /tmp)")
     parser.add_argument("--extra", default="", help="extra arguments for run_search.py, as one string")
+    parser.add_argument("--compare-scratch", action="store_true",
+                        help="also retrain each variant's best configuration from scratch and print it beside the job")
     args = parser.parse_args(argv)
     seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
              else [secrets.randbelow(10**6) for _ in range(args.variants)])
@@ -127,7 +144,21 @@ def main(argv=None) -> int:
         run_dir = out / f"variant-{seed}"
         print(f"\nvariant {seed} (test split):")
         print(variant_table(run_dir).to_string(float_format=lambda v: f"{v:.4f}"), flush=True)
-        rows.append(summary_row(seed, run_dir, wall))
+        row = summary_row(seed, run_dir, wall)
+        if args.compare_scratch:
+            scratch_dir = out / f"variant-{seed}-scratch"
+            command = [sys.executable, str(ROOT / "run_search.py"), "retrain", "--from", str(run_dir),
+                       "--run-dir", str(scratch_dir), "--verbose", "0"]
+            print("$ " + " ".join(command), flush=True)
+            with open(out / f"variant-{seed}-scratch.log", "w") as log:
+                status = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+            if status != 0:
+                print(f"variant {seed}: the retraining from scratch exited with {status}; see {log.name}")
+            else:
+                row.update(scratch_columns(run_dir, scratch_dir))
+                print({k: row[k] for k in ("model 1-MAE", "scratch 1-MAE", "job - scratch", "job started from")},
+                      flush=True)
+        rows.append(row)
     if not rows:
         return 1
     summary = pd.DataFrame(rows)

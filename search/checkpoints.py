@@ -3,16 +3,17 @@
 Keras Tuner saves every trial's weights (``<project>/trial_<id>/checkpoint.weights.h5``; about
 68 MB for the demo's models, 505 MB for a demo search) and loads one again only when Hyperband
 promotes that trial to the next round of its bracket (``keras_tuner`` ``Hyperband.
-_build_hypermodel`` loads ``tuner/trial_id``'s checkpoint). Retraining the best configuration
-starts from its hyperparameters, not from a checkpoint. So, after each trial, the checkpoints
-of ended trials that can no longer be promoted are deleted (:func:`prune_checkpoints`):
+_build_hypermodel`` loads ``tuner/trial_id``'s checkpoint), and the job's retraining starts from
+the best trial's (``search.job.run_job``). So, after each trial, the checkpoints of ended trials
+that can no longer be promoted are deleted (:func:`prune_checkpoints`), the best completed
+trial's aside:
 
 - a trial of a bracket that is complete (the oracle dropped it) or of a bracket's last round;
 - a trial whose next round is full and that was not chosen for it;
 - a chosen trial once its successor has ended (the successor holds the weights from then on).
 
-Random search and Bayesian optimization never load a checkpoint: every ended trial's goes.
-The sizes come from the files themselves.
+Random search and Bayesian optimization never load a checkpoint: every ended trial's goes but
+the best one's. The sizes come from the files themselves.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def prune_checkpoints(tuner) -> int:
     keep = set()
     if hasattr(oracle, "_brackets"):  # Hyperband
         keep = promotable_trials(oracle._brackets, oracle._get_size, status)
+    best = oracle.get_best_trials(1)
+    if best and str(getattr(best[0].status, "value", best[0].status)) == "COMPLETED":
+        keep.add(best[0].trial_id)  # the retraining starts from it
     freed = 0
     for trial_id, state in status.items():
         if state not in ENDED or trial_id in keep:
@@ -84,6 +88,13 @@ def prune_checkpoints(tuner) -> int:
             freed += path.stat().st_size
             path.unlink()
     return freed
+
+
+def trial_checkpoint(project_dir: str | Path, trial_id: str) -> Path:
+    """Where Keras Tuner keeps trial ``trial_id``'s best-epoch weights under ``project_dir``
+    (``Tuner._get_checkpoint_fname`` with Keras 3: ``trial_<id>/checkpoint.weights.h5``, written
+    by ``SaveBestEpoch`` at each epoch that improved the objective)."""
+    return Path(project_dir) / f"trial_{trial_id}" / "checkpoint.weights.h5"
 
 
 def checkpoint_bytes(project_dir: str | Path) -> int:

@@ -126,6 +126,10 @@ class SearchConfig:
             trial's best epoch count is used when known.
         train_on_train_plus_val: retrain on train + validation (no early stopping) instead of
             train with validation-based early stopping.
+        retrain_from_checkpoint: the job's retraining continues from the best trial's best-epoch
+            weights (``search.job.run_job``; with one seed on ``train``) instead of training
+            the configuration again from scratch (off by default until measured:
+            ``benchmarks/generalization.py --compare-scratch``).
         overwrite: delete an existing run folder's results and start over.
         max_consecutive_failures: stop the search with an error after this many failed
             trials in a row.
@@ -177,6 +181,11 @@ class SearchConfig:
     train_on_train_plus_val: bool = setting(
         False, flag="--train-on-train-val",
         help="retrain on train + validation (no early stopping; the best trial's epoch count)")
+    retrain_from_checkpoint: bool = setting(
+        False, help="continue the retraining from the best trial's best checkpoint instead of training the best "
+                    "configuration again from scratch (not yet measured on held-out variants, so off by default; "
+                    "with --retrain-seeds above 1 or --train-on-train-val every model starts from scratch, and so "
+                    "does the retrain command)")
     overwrite: bool = setting(False, help="delete the run folder's results and start over")
     max_consecutive_failures: int = setting(3, parse=positive_int,
                                             help="stop the search after this many failed trials in a row")

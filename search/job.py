@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fi_data.cache_format import FeatureCache
 from fi_data.errors import UserError
+from search.checkpoints import trial_checkpoint
 from search.chunked import search_in_processes
 from search.config import SearchConfig
 from search.distributed import Role, serve_search
@@ -107,6 +108,19 @@ def make_run_folder(run_dir, source, config: SearchConfig, best: BestHyperparame
         shutil.copyfile(ranked, out.top_hyperparameters)
 
 
+def best_trial_weights(run_dir, best: BestHyperparameters) -> Path | None:
+    """The best trial's best-epoch weights in ``run_dir``'s Keras Tuner project
+    (``search.checkpoints.trial_checkpoint``; the search keeps them), or None, said on stdout,
+    when the trial left none (e.g. written on a distributed worker's own disk)."""
+    if best.trial_id is None:
+        return None
+    path = trial_checkpoint(RunPaths(run_dir).project_dir, best.trial_id)
+    if path.is_file():
+        return path
+    print(f"[retrain] trial {best.trial_id} left no checkpoint ({path}): training from scratch", flush=True)
+    return None
+
+
 def retrain_and_report(cache: FeatureCache, run_dir, best, config: SearchConfig, *, source=None,
                        **variation) -> dict:
     """Retrain and score ``best`` into ``run_dir``, then write its report.
@@ -116,11 +130,17 @@ def retrain_and_report(cache: FeatureCache, run_dir, best, config: SearchConfig,
         source: where ``best`` came from when ``run_dir`` is not the searched run folder (the
             ``retrain`` command): :func:`make_run_folder` runs before the report. None: the
             search's own folder.
-        **variation: ``retrain_seeds`` and ``ensemble`` of ``retrain_and_evaluate``.
+        **variation: ``retrain_seeds``, ``ensemble`` and ``initial_weights`` of ``retrain_and_evaluate``.
+            Without ``initial_weights``, the search's own retraining (``source`` None) with
+            ``config.retrain_from_checkpoint`` continues from the best trial's
+            weights (:func:`best_trial_weights`) rather than repeating the epochs the search
+            already trained; a ``retrain`` of another folder starts from scratch.
 
     Returns:
         The ``metrics.json`` content.
     """
+    if source is None and config.retrain_from_checkpoint and "initial_weights" not in variation:
+        variation["initial_weights"] = best_trial_weights(run_dir, best)
     metrics = retrain_and_evaluate(cache, run_dir, best, config, **variation)
     if source is not None:
         make_run_folder(run_dir, source, config, best, cache)

@@ -209,6 +209,14 @@ def diverged_line(trials: pd.DataFrame, baseline_score: float | None) -> str | N
             "the bottom edge of the trial plot.")
 
 
+def started_from_line(started: dict) -> str:
+    """The report's sentence on the weights the retraining started from (``metrics["started_from"]``)."""
+    epoch = started.get("trial_best_epoch")
+    return (f"Started from trial {started['trial_id']}'s best checkpoint"
+            + (f" (its epoch {epoch})" if epoch else "") + f", `{Path(started['weights']).name}`, not from scratch: "
+            "the epochs below come on top of those the search trained.")
+
+
 def epoch_cap_line(metrics: dict) -> str | None:
     """A warning when the retraining's best epoch is its last one at the epoch cap, or None.
 
@@ -297,6 +305,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     hp_rows = [[k, format_value(v)] for k, v in metrics["hyperparameters"].items()]
     source = metrics.get("source", {})
     out += ["## Retrained model", "",
+            *([started_from_line(metrics["started_from"]), ""] if metrics.get("started_from") else []),
             f"Trained on {' + '.join(metrics['trained_on'])} for {metrics['epochs_trained']} of "
             f"{metrics['epochs']} epochs" + (f", best validation epoch {metrics['best_epoch']} (weights restored)"
                                              if metrics.get("best_epoch") else

@@ -165,8 +165,9 @@ def preprocessing_record(cache: FeatureCache, hypermodel: PersonalityHyperModel)
 
 def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: SearchConfig, *,
                          hypermodel: PersonalityHyperModel | None = None, retrain_seeds: int = 1,
-                         ensemble: list | None = None) -> dict:
-    """Retrain a configuration from scratch, save it, and score it on every split.
+                         ensemble: list | None = None, initial_weights: str | Path | None = None) -> dict:
+    """Retrain a configuration (from scratch, or on from a trial's checkpoint), save it, and
+    score it on every split.
 
     Args:
         cache: the opened feature cache.
@@ -186,6 +187,13 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
             trained once, and ``best_model.keras`` averages the best configuration's model
             with them (:func:`averaging_model`); ``scores`` are then the ensemble's and
             ``metrics["ensemble"]["best_single"]`` the single model's mean row per split.
+        initial_weights: a Keras weights file of this configuration (the best trial's
+            checkpoint, ``search.checkpoints.trial_checkpoint``): the model starts from those
+            weights and optimizer state instead of its initialisation, and trains on as below. Used only for
+            training on ``train`` with one seed (with several seeds, or on train + validation
+            for a fixed epoch count, every model starts from scratch); a file that does not
+            load (missing, other shapes) is reported and the model starts from scratch.
+            ``metrics["started_from"]`` records which.
 
     Training: on ``train`` for at most :func:`retrain_epoch_cap` epochs (``retrain_epochs``;
     by default :data:`RETRAIN_EPOCHS_FACTOR` × ``max_epochs`` with early stopping, else
@@ -224,7 +232,10 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
     keras.backend.clear_session()
     shutil.rmtree(paths.retrain_tensorboard, ignore_errors=True)
     seeds = [config.seed + i for i in range(max(1, retrain_seeds))]
-    runs = [_fit_one(hypermodel, best, config, seed, paths.retrain_tensorboard / ("" if i == 0 else f"seed{seed}"))
+    if len(seeds) > 1 or config.train_on_train_plus_val:
+        initial_weights = None
+    runs = [_fit_one(hypermodel, best, config, seed, paths.retrain_tensorboard / ("" if i == 0 else f"seed{seed}"),
+                     initial_weights=initial_weights)
             for i, seed in enumerate(seeds)]
     chosen = 0
     if len(runs) > 1 and runs[0]["stopper"] is not None:  # choose on validation (held out)
@@ -288,6 +299,7 @@ def retrain_and_evaluate(cache: FeatureCache, run_dir, hyperparameters, config: 
         "preprocessing": paths.preprocessing.name,
         "hyperparameters": resolved,
         "source": {"trial_id": best.trial_id, "search_score": best.score, "search_best_epoch": best.best_epoch},
+        "started_from": run["started_from"],
         "trained_on": trained_on,
         "epochs": epochs,
         "epochs_trained": len(history.epoch),
@@ -341,17 +353,32 @@ def averaging_model(members: list, name: str = "ensemble") -> keras.Model:
 
 
 def _fit_one(hypermodel: PersonalityHyperModel, best: BestHyperparameters, config: SearchConfig, seed: int,
-             log_dir: Path) -> dict:
-    """Build and train one model of ``best``'s values with ``seed`` (the retraining's rules).
+             log_dir: Path, *, initial_weights: str | Path | None = None) -> dict:
+    """Build and train one model of ``best``'s values with ``seed`` (the retraining's rules),
+    starting from ``initial_weights`` when given and loadable.
 
     Returns:
         dict ``model, history, stopper`` (None with ``train_on_train_plus_val``), ``resolved``
-        (active values), ``trained_on``, ``epochs``, ``wall_s``.
+        (active values), ``trained_on``, ``epochs``, ``wall_s``, ``started_from`` (None: from
+        scratch; else the weights file and the trial's id and best epoch).
     """
     keras.utils.set_random_seed(seed)
     hp = kt.HyperParameters()
     hp.values = dict(best.values)
     model = hypermodel.build(hp)
+    started_from = None
+    if initial_weights is not None:
+        try:
+            model.optimizer.build(model.trainable_variables)  # so that the trial's Adam moments load too
+            model.load_weights(str(initial_weights))
+            started_from = {"weights": str(initial_weights), "trial_id": best.trial_id,
+                            "trial_best_epoch": best.best_epoch}
+        except (OSError, ValueError) as e:  # a file that does not load may have loaded in part: rebuild
+            print(f"[retrain] cannot start from {initial_weights} ({type(e).__name__}: {e}); "
+                  f"training from scratch", flush=True)
+            keras.backend.clear_session()
+            keras.utils.set_random_seed(seed)
+            model = hypermodel.build(hp)
     resolved = {p.name: hp.values[p.name] for p in hp.space if hp.is_active(p)}
     batch_size = int(resolved["batch_size"])
     callbacks = [keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False),
@@ -386,4 +413,4 @@ def _fit_one(hypermodel: PersonalityHyperModel, best: BestHyperparameters, confi
                            and not (stopper is not None and stopper.stopped_epoch))
     return {"model": model, "history": history, "stopper": stopper, "resolved": resolved,
             "trained_on": trained_on, "epochs": epochs, "wall_s": time.monotonic() - started,
-            "stopped_by_time": stopped_by_time}
+            "stopped_by_time": stopped_by_time, "started_from": started_from}

@@ -540,7 +540,7 @@ def search_in_process(hypermodel: PersonalityHyperModel, paths: RunPaths, config
     finally:
         if not tuner._is_worker():
             rewrite_trials_csv(paths.trials_csv, tuner.oracle.trials.values(), paths.project_dir)
-            print(f"[search] checkpoints kept for later Hyperband rounds: "
+            print(f"[search] checkpoints kept for later Hyperband rounds and the best trial: "
                   f"{checkpoint_bytes(paths.project_dir) / 2**20:.0f} MiB in {paths.project_dir}", flush=True)
     return tuner, stopped_by
 

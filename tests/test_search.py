@@ -69,7 +69,7 @@ def job(cache, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
         mp.setattr(FeatureCache, "split", recording_split)
         mp.setattr(keras.Model, "fit", recording_fit)
-        metrics = run_job(cache, run_dir, tiny_config())
+        metrics = run_job(cache, run_dir, tiny_config(retrain_from_checkpoint=True))
     return {"dir": run_dir, "paths": RunPaths(run_dir), "metrics": metrics, "events": events,
             "stdout": out.getvalue(),
             "trials": pd.read_csv(RunPaths(run_dir).trials_csv, dtype={"trial_id": str})}
@@ -96,10 +96,13 @@ def test_hyperband_trials_are_recorded_with_their_scores(job):
         assert row.score == pytest.approx(max(curve), abs=1e-6)
         assert row.best_epoch == int(np.argmax(curve)) + 1
     assert job["stdout"].count("[search] trial ") == 2
-    # One bracket of one round: no later round can load a checkpoint, so none is kept.
-    from search.checkpoints import checkpoint_bytes
-    assert checkpoint_bytes(job["paths"].project_dir) == 0
-    assert "[search] checkpoints kept for later Hyperband rounds: 0 MiB" in job["stdout"]
+    # One bracket of one round: no later round can load a checkpoint, so only the best trial's
+    # (the retraining's start) is kept.
+    best = load_best_hyperparameters(job["dir"]).trial_id
+    kept = sorted(p.relative_to(job["paths"].project_dir).as_posix()
+                  for p in job["paths"].project_dir.glob("trial_*/checkpoint*"))
+    assert kept == [f"trial_{best}/checkpoint.weights.h5"]
+    assert "[search] checkpoints kept for later Hyperband rounds and the best trial: " in job["stdout"]
     assert "[search] trial 0001 COMPLETED: val_one_minus_mae" in job["stdout"]
 
 
@@ -131,6 +134,24 @@ def test_best_hyperparameters_are_those_of_the_best_trial(job):
     for name, value in best.values.items():
         assert row[name] == pytest.approx(value) if isinstance(value, float) else str(row[name]) == str(value)
     assert job["metrics"]["hyperparameters"] == best.values
+
+
+def test_the_retraining_continues_from_the_best_trials_checkpoint(job, cache, tmp_path):
+    best = load_best_hyperparameters(job["dir"])
+    started = job["metrics"]["started_from"]
+    assert started["trial_id"] == best.trial_id and started["trial_best_epoch"] == best.best_epoch
+    assert started["weights"].endswith(f"trial_{best.trial_id}/checkpoint.weights.h5")
+    # Before its first epoch the model scores what the trial scored at its best epoch.
+    assert job["metrics"]["initial_validation_score"] == pytest.approx(best.score, abs=1e-5)
+    assert f"Started from trial {best.trial_id}'s best checkpoint" in (job["dir"] / "report.md").read_text()
+    # A file that does not load is said and the model trains from scratch.
+    broken = tmp_path / "broken.weights.h5"
+    broken.write_bytes(b"not weights")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        metrics = retrain_and_evaluate(cache, tmp_path / "again", best, tiny_config(), initial_weights=broken)
+    assert metrics["started_from"] is None and f"cannot start from {broken}" in out.getvalue()
+    assert metrics["initial_validation_score"] != pytest.approx(best.score, abs=1e-5)
 
 
 def test_test_split_is_read_only_after_retraining(job):
