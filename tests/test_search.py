@@ -241,7 +241,7 @@ def test_report_and_plots(job):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
         assert f"plots/{name}" in report
     saved = load_run(job["dir"])
-    assert saved.config == tiny_config() and saved.metrics == metrics and saved.best.trial_id in set(job["trials"]["trial_id"])
+    assert saved.config == tiny_config(retrain_from_checkpoint=True) and saved.metrics == metrics and saved.best.trial_id in set(job["trials"]["trial_id"])
 
 
 def test_retrain_from_a_json_file_on_train_plus_validation(job, small_cache, tmp_path):
