@@ -3,7 +3,7 @@
 Keras Tuner saves every trial's weights (``<project>/trial_<id>/checkpoint.weights.h5``; about
 68 MB for the demo's models, 505 MB for a demo search) and loads one again only when Hyperband
 promotes that trial to the next round of its bracket (``keras_tuner`` ``Hyperband.
-_build_hypermodel`` loads ``tuner/trial_id``'s checkpoint), and the job's retraining starts from
+_build_hypermodel`` loads ``tuner/trial_id``'s checkpoint), and the job's retraining may start from
 the best trial's (``search.job.run_job``). So, after each trial, the checkpoints of ended trials
 that can no longer be promoted are deleted (:func:`prune_checkpoints`), the best completed
 trial's aside:
@@ -77,8 +77,8 @@ def prune_checkpoints(tuner) -> int:
     if hasattr(oracle, "_brackets"):  # Hyperband
         keep = promotable_trials(oracle._brackets, oracle._get_size, status)
     best = oracle.get_best_trials(1)
-    if best and str(getattr(best[0].status, "value", best[0].status)) == "COMPLETED":
-        keep.add(best[0].trial_id)  # the retraining starts from it
+    if best and status.get(best[0].trial_id) == "COMPLETED":
+        keep.add(best[0].trial_id)  # the retraining may start from it
     freed = 0
     for trial_id, state in status.items():
         if state not in ENDED or trial_id in keep:
