@@ -95,7 +95,8 @@ class PreprocessParams:
         "whole", choices=FRAME_STREAMS,
         help="what the model sees of each frame: the whole frame (black bars removed), a square crop around the "
              "speaker's face (scikit-image's LBP face cascade, median box over a few frames; no face found: an "
-             "upper-centre square and the no_face flag), or both (one visual branch each)")
+             "upper-centre square and the no_face flag), or both (one visual branch each). With face crops the "
+             "model's ridge path also reads a 16x16 picture of the face (fi_models.statistics.FaceAppearance)")
     face_size: int = setting(FACE_SIZE, parse=positive_int, help="side of the cached face crops in pixels")
     frame_height: int = setting(140, parse=positive_int, help="cached frame height in pixels")
     frame_width: int = setting(248, parse=positive_int, help="cached frame width in pixels")

@@ -33,7 +33,7 @@ from keras import layers, ops
 from fi_models.audio import build_audio_branch
 from fi_models.losses import get_loss
 from fi_models.metrics import OneMinusMAE, check_traits
-from fi_models.statistics import AudioStatistics, FrameStatistics
+from fi_models.statistics import AudioStatistics, FaceAppearance, FrameStatistics
 from fi_models.visual import build_visual_branch
 
 HEADS = ("linear", "sigmoid")
@@ -46,6 +46,10 @@ STATS = "stats"
 """Audio branch and visual backbone name of the statistics branches: the clip statistics of
 ``fi_models.statistics`` (``AudioStatistics`` / ``FrameStatistics``), standardized with the
 training split's moments, fed to the fusion layer as they are (no learned layer of their own)."""
+
+
+APPEARANCE_INPUTS = (None, "face", "video")
+"""Where the ridge path may read face appearance (:class:`StatisticsInit` ``appearance_from``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +68,13 @@ class StatisticsInit:
             starts at 0, so the untrained model predicts exactly the ridge and training
             learns a residual on top of it (wide & deep, Cheng et al. 2016, with the wide
             part fitted in closed form).
+        appearance_from: ``None``, or the input whose :class:`fi_models.statistics.FaceAppearance`
+            cells join the ridge path's features (after ``[audio, video]``, so the kernel is
+            ``(d_a + d_v + grid², len(traits))``): ``"face"`` (the face stream of frames
+            "both") or ``"video"`` (when the video input is itself the face crops, frames
+            "face"). Whole frames get none (``fi_models.statistics`` says why).
+        appearance_mean, appearance_var: per-cell mean and variance of those cells over the
+            training clips, ``(grid²,)``; given with ``appearance_from``.
     """
 
     audio_mean: tuple
@@ -72,6 +83,16 @@ class StatisticsInit:
     video_var: tuple
     ridge_kernel: tuple | None = None
     ridge_bias: tuple | None = None
+    appearance_from: str | None = None
+    appearance_mean: tuple | None = None
+    appearance_var: tuple | None = None
+
+    def __post_init__(self):
+        if self.appearance_from not in APPEARANCE_INPUTS:
+            raise ValueError(f"appearance_from={self.appearance_from!r}: expected one of {APPEARANCE_INPUTS}")
+        if (self.appearance_from is None) != (self.appearance_mean is None) or (
+                (self.appearance_mean is None) != (self.appearance_var is None)):
+            raise ValueError("give appearance_from, appearance_mean and appearance_var together, or none of them")
 
 
 def _standardizer(mean, var, name: str) -> layers.Normalization:
@@ -205,7 +226,9 @@ def build_model(audio_shape, video_shape, *, traits: Sequence[str], audio_branch
             ``head="sigmoid"`` the output is ``sigmoid(logit(m) + z s / (m (1 - m)))``.
         statistics: a :class:`StatisticsInit`: the moments of the statistics branches and,
             optionally, the fixed ridge path (which needs ``target_mean``/``target_std``:
-            the ridge predicts standardized scores; kernel ``(d_a + d_v, len(traits))``).
+            the ridge predicts standardized scores; kernel ``(d_a + d_v, len(traits))``, or
+            ``(d_a + d_v + grid², len(traits))`` with face appearance; ``appearance_from="face"``
+            needs ``face_shape``).
         face_shape: one clip's face crops ``(F, S, S, 3)``, float32 RGB in ``[0, 1]``, or None
             (no face stream). Given, a third input ``face`` feeds its own visual branch, always
             a learned VGG frame encoder (``face_depth`` blocks, ``face_width`` filters in the
@@ -225,8 +248,9 @@ def build_model(audio_shape, video_shape, *, traits: Sequence[str], audio_branch
         ValueError: invalid ``traits`` (empty, a bare string, non-string or duplicate names);
             unknown ``head``; only one of ``target_mean``/``target_std`` given, or statistics
             that are invalid or not ``len(traits)`` long; a statistics branch or ridge path
-            without what it needs, or a ridge kernel/bias not ``(d_a + d_v, len(traits))`` /
-            ``(len(traits),)``; any error of the branch builders.
+            without what it needs (face appearance from the face stream without ``face_shape``),
+            or a ridge kernel/bias not ``(d_a + d_v [+ grid²], len(traits))`` /
+            ``(len(traits),)``; any error of the branch builders or of ``FaceAppearance``.
     """
     traits = check_traits(traits)
     n_outputs = len(traits)
@@ -241,6 +265,9 @@ def build_model(audio_shape, video_shape, *, traits: Sequence[str], audio_branch
         raise ValueError("the ridge path predicts standardized targets: give target_mean and target_std")
     if target_mean is not None:
         _check_statistics(target_mean, target_std, head, traits)
+    appearance = statistics.appearance_from if ridge else None
+    if appearance == "face" and face_shape is None:
+        raise ValueError("the ridge path reads face appearance from the face stream: give face_shape")
     audio_in = keras.Input(tuple(audio_shape), name="audio")
     video_in = keras.Input(tuple(video_shape), name="video")
     if statistics is not None:
@@ -277,7 +304,12 @@ def build_model(audio_shape, video_shape, *, traits: Sequence[str], audio_branch
                      kernel_initializer="zeros" if ridge else "glorot_uniform")(x)
     ridge_layer = None
     if ridge:
-        both = layers.Concatenate(name="statistics_concat")([audio_stats, video_stats])
+        wide = [audio_stats, video_stats]
+        if appearance is not None:
+            source = face_in if appearance == "face" else video_in
+            wide.append(_standardizer(statistics.appearance_mean, statistics.appearance_var,
+                                      "face_appearance_standardized")(FaceAppearance(name="face_appearance")(source)))
+        both = layers.Concatenate(name="statistics_concat")(wide)
         ridge_layer = layers.Dense(n_outputs, trainable=False, name="ridge_path")
         z = layers.Add(name="ridge_plus_residual")([ridge_layer(both), z])
     outputs = LabelScale(target_mean, target_std, activation=head, name=OUTPUT_NAME, dtype="float32")(z)

@@ -15,7 +15,9 @@ to score, after the variant is chosen.
 
 The same statistics, computed on the centre crop the model sees, also give the model its
 statistics branches and its fixed ridge path (:func:`statistics_init`, used by
-``search.hypermodel``), so the searched model starts where this baseline is.
+``search.hypermodel``), so the searched model starts where this baseline is. With face crops
+the ridge path also reads the face's appearance (:func:`face_appearance`, a 16 x 16 luma
+picture of the aligned crop), which clip statistics cannot see; the baseline itself does not.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from fi_data.errors import UserError
 from fi_data.pipeline import center_crop_frames
 from fi_data.traits import SPLITS
 from fi_models.fusion import StatisticsInit
-from fi_models.statistics import AudioStatistics, FrameStatistics
+from fi_models.statistics import APPEARANCE_GRID, AudioStatistics, FaceAppearance, FrameStatistics
 
 ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 33))
 """Ridge penalties RidgeCV chooses from (per trait): 1e-3 .. 1e5, 4 per decade."""
@@ -65,6 +67,34 @@ def clip_statistics(split: SplitArrays, *, crop_size: int | None = None, batch_s
         audio.append(np.asarray(audio_layer(np.asarray(split.audio[start:start + batch_size])), np.float64))
         video.append(np.asarray(frame_layer(frames), np.float64))
     return np.concatenate(audio), np.concatenate(video)
+
+
+def face_appearance(split: SplitArrays, source: str, *, crop_size: int, batch_size: int = 64) -> np.ndarray:
+    """The ``fi_models.statistics.FaceAppearance`` cells of every clip's centre-cropped face crops.
+
+    Args:
+        split: a cached split; rows are read ``batch_size`` at a time.
+        source: ``"face"`` (the split's ``faces``, frames "both") or ``"video"`` (its frames,
+            when they are the face crops, frames "face").
+        crop_size: the side of the centre crop the model sees (``center_crop_frames``).
+        batch_size: clips per step.
+
+    Returns:
+        float64 ``(n, APPEARANCE_GRID**2)``, finite.
+
+    Raises:
+        ValueError: ``source`` is "face" and the split has no face crops, or an unknown source.
+    """
+    if source not in ("face", "video"):
+        raise ValueError(f"unknown face appearance source {source!r}; expected 'face' or 'video'")
+    arrays = split.faces if source == "face" else split.frames
+    if arrays is None:
+        raise ValueError(f"split {split.name!r} has no face crops to read face appearance from")
+    layer, out = FaceAppearance(), []
+    for start in range(0, len(split), batch_size):
+        crops = center_crop_frames(np.asarray(arrays[start:start + batch_size]), crop_size)
+        out.append(np.asarray(layer(crops), np.float64))
+    return np.concatenate(out)
 
 
 def _fit(features: np.ndarray, targets: np.ndarray) -> tuple:
@@ -121,13 +151,15 @@ def ridge_baseline(cache: FeatureCache, *, splits=SPLITS) -> dict:
 
 
 def statistics_init(split: SplitArrays, target_mean, target_std, *, crop_size: int,
-                    ridge: bool = True) -> StatisticsInit:
+                    ridge: bool = True, appearance_from: str | None = None) -> StatisticsInit:
     """The model's statistics moments and fixed ridge path, from the TRAINING split.
 
     The statistics are those of the centre crop the model sees; the ridge (``RidgeCV``
     over :data:`ALPHAS`, one alpha per trait) maps the standardized statistics ``[audio,
-    video]`` to the standardized targets ``(y - target_mean) / target_std``, which is what
-    the model's ``LabelScale`` output expects.
+    video]`` (and, with ``appearance_from``, the face appearance cells after them) to the
+    standardized targets ``(y - target_mean) / target_std``, which is what the model's
+    ``LabelScale`` output expects. The clip-statistics ridge baseline (:func:`ridge_baseline`)
+    never reads face appearance: it stays the baseline of clip statistics.
 
     Args:
         split: the training split.
@@ -135,15 +167,26 @@ def statistics_init(split: SplitArrays, target_mean, target_std, *, crop_size: i
             (``fi_models.fusion.target_statistics``).
         crop_size: the model's crop side in pixels.
         ridge: fit the ridge path (else only the moments).
+        appearance_from: ``None``, ``"face"`` or ``"video"``: where the ridge path reads face
+            appearance (:func:`face_appearance`; ``fi_models.fusion.StatisticsInit``). Ignored
+            without ``ridge`` or when ``crop_size`` is under ``APPEARANCE_GRID``.
 
     Returns:
         A ``fi_models.fusion.StatisticsInit``.
+
+    Raises:
+        ValueError: any error of :func:`face_appearance`.
     """
     audio, video = clip_statistics(split, crop_size=crop_size)
     init = dict(audio_mean=tuple(audio.mean(0)), audio_var=tuple(audio.var(0)),
                 video_mean=tuple(video.mean(0)), video_var=tuple(video.var(0)))
     if ridge:
         both = np.hstack([audio, video])
+        if appearance_from is not None and crop_size >= APPEARANCE_GRID:
+            cells = face_appearance(split, appearance_from, crop_size=crop_size)
+            init.update(appearance_from=appearance_from, appearance_mean=tuple(cells.mean(0)),
+                        appearance_var=tuple(cells.var(0)))
+            both = np.hstack([both, cells])
         var = np.where(both.var(0) > 1e-12, both.var(0), 1.0)  # as fi_models.fusion's standardizer
         standardized = (both - both.mean(0)) / np.sqrt(var)
         z = (np.asarray(split.targets, np.float64) - np.asarray(target_mean)) / np.asarray(target_std)

@@ -28,7 +28,8 @@ branches (conv2d / BLSTM / Conv1D audio, VGG + max / LSTM frames) stay in the sp
                          targets standardized with the TRAINING split's per-trait mean/SD
                          (``fi_models.fusion.LabelScale``)                   (default True)
       ridge_path         True | False, only with standardized targets: a fixed linear path
-                         from the clip statistics, the closed-form ridge of the training
+                         from the clip statistics (and, with face crops, the face's
+                         16x16 appearance), the closed-form ridge of the training
                          split (``search.baselines.statistics_init``); the rest of the
                          network starts at 0 and learns a residual    (default True)
     loss                 mae | mse | ccc_mae (``fi_models.losses``)          (default mae)
@@ -228,11 +229,20 @@ class PersonalityHyperModel(kt.HyperModel):
         return self._target_stats
 
     @property
+    def appearance_from(self) -> str | None:
+        """Where the ridge path reads face appearance (``fi_models.statistics.FaceAppearance``):
+        ``"face"`` for a cache of frames "both", ``"video"`` for frames "face" (its frames are the
+        face crops), ``None`` for whole frames."""
+        return {"both": "face", "face": "video"}.get(self.cache.params.get("frames", "whole"))
+
+    @property
     def statistics(self):
-        """The ``fi_models.fusion.StatisticsInit`` of the TRAINING split (computed once, seconds)."""
+        """The ``fi_models.fusion.StatisticsInit`` of the TRAINING split (computed once, seconds;
+        with face crops its ridge path also reads their appearance, :attr:`appearance_from`)."""
         if self._statistics is None:
             mean, std = self.target_stats
-            self._statistics = statistics_init(self.cache.split("train"), mean, std, crop_size=self.crop_size)
+            self._statistics = statistics_init(self.cache.split("train"), mean, std, crop_size=self.crop_size,
+                                               appearance_from=self.appearance_from)
         return self._statistics
 
     def _declare(self, hp: kt.HyperParameters, name: str, declare):

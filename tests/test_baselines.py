@@ -1,13 +1,16 @@
 """The clip-statistics ridge (search.baselines), the statistics layers, the ridge path, the verdict."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from fi_data.cache_format import SplitArrays, write_split, write_synthetic_cache
 from fi_data.traits import TRAITS
 from fi_models.fusion import build_model, target_statistics
-from fi_models.statistics import AudioStatistics, FrameStatistics
-from search.baselines import clip_statistics, ridge_baseline, statistics_init
+from fi_models.fusion import StatisticsInit
+from fi_models.statistics import APPEARANCE_EPS, AudioStatistics, FaceAppearance, FrameStatistics
+from search.baselines import clip_statistics, face_appearance, ridge_baseline, statistics_init
 from search.verdict import verdict_lines
 
 SIZES = {"train": 160, "validation": 60, "test": 60}
@@ -57,6 +60,105 @@ def test_statistics_layers_compute_the_documented_numbers():
     np.testing.assert_allclose(cells[4], [0, 0.5, 0])
     motion = out[33:]
     np.testing.assert_allclose(motion, [0, 4 / 36, 0], rtol=1e-6)
+
+
+def test_face_appearance_computes_the_documented_numbers():
+    faces = np.zeros((2, 2, 4, 4, 3), np.uint8)
+    faces[0, 0, :2, :2] = 255  # clip 0: top-left cell white in the first frame only
+    faces[1, :, 2:, 2:, 0] = 200  # clip 1: bottom-right cell red in both frames
+    out = np.asarray(FaceAppearance(grid=2)(faces))
+    assert out.shape == (2, 4) and np.isfinite(out).all()
+    for row, cells in zip(out, ([0.5, 0, 0, 0], [0, 0, 0, 0.299 * 200 / 255])):
+        cells = np.asarray(cells)
+        np.testing.assert_allclose(row, cells / (cells.mean() + APPEARANCE_EPS) - 1, rtol=1e-5)
+    # a darker copy of the same face gives the same picture (up to the epsilon); a uniform crop gives zeros
+    grey = 100 + faces // 4
+    np.testing.assert_allclose(np.asarray(FaceAppearance(grid=2)(grey / 2 / 255)),
+                               np.asarray(FaceAppearance(grid=2)(grey)), rtol=0.01, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(FaceAppearance(grid=2)(np.full((1, 2, 4, 4, 3), 90, np.uint8))), 0,
+                               atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(FaceAppearance(grid=2)(np.zeros((1, 2, 4, 4, 3), np.uint8))), -1)
+    assert np.asarray(FaceAppearance()(np.zeros((1, 1, 20, 20, 3), np.float32))).shape == (1, 256)
+    with pytest.raises(ValueError, match="smaller than the 16x16 grid"):
+        FaceAppearance()(np.zeros((1, 1, 12, 12, 3), np.float32))
+
+
+def _face_cache(tmp_path, seed: int = 0):
+    """A cache with face crops whose upper half is lighter than the lower one by an amount that
+    carries agreeableness (a shape, invisible to the clip statistics); each crop's overall brightness
+    is a random nuisance."""
+    sizes = {"train": 160, "validation": 40, "test": 60}
+    cache = write_synthetic_cache(tmp_path, sizes, audio_shape=AUDIO, frame_shape=FRAMES, seed=seed, face_size=24,
+                                  params={"frames": "both"})
+    rng = np.random.default_rng(seed + 1)
+    for split, n in sizes.items():
+        arrays = cache.split(split)
+        level = rng.uniform(size=n)
+        gain = rng.uniform(0.6, 1.2, size=(n, 1, 1, 1, 1))
+        faces = np.full((n, FRAMES[0], 24, 24, 3), 120.0)
+        faces[:, :, :12] += 60 * level.reshape(n, 1, 1, 1, 1)
+        faces[:, :, 12:] -= 60 * level.reshape(n, 1, 1, 1, 1)
+        faces = np.clip(faces * gain + rng.normal(0, 8, faces.shape), 0, 255).astype(np.uint8)
+        targets = np.asarray(arrays.targets).copy()
+        targets[:, TRAITS.index("agreeableness")] = 0.3 + 0.4 * level
+        write_split(tmp_path, SplitArrays(split, np.asarray(arrays.audio), np.asarray(arrays.frames), targets,
+                                          tuple(arrays.clip_ids), faces))
+    from fi_data.cache_format import open_cache
+    return open_cache(tmp_path)
+
+
+def test_the_ridge_path_reads_the_face_appearance_of_face_crops(tmp_path):
+    cache = _face_cache(tmp_path)
+    train, test = cache.split("train"), cache.split("test")
+    mean, std = target_statistics(np.asarray(train.targets))
+    k = TRAITS.index("agreeableness")
+    y = np.asarray(test.targets)[:, k]
+    from fi_data.pipeline import eval_transform
+    audio, video = eval_transform(np.asarray(test.audio), np.asarray(test.frames), 20)
+    face = eval_transform(np.asarray(test.audio), np.asarray(test.faces), 20)[1]
+    predictions = {}
+    for source in (None, "face"):
+        init = statistics_init(train, mean, std, crop_size=20, appearance_from=source)
+        assert init.appearance_from == source
+        model = build_model(AUDIO, (FRAMES[0], 20, 20, 3), traits=TRAITS, audio_branch="stats", backbone="stats",
+                            fusion_units=8, target_mean=mean, target_std=std, statistics=init,
+                            face_shape=(FRAMES[0], 20, 20, 3), face_depth=1, face_width=4)
+        assert ("face_appearance" in [layer.name for layer in model.layers]) == (source == "face")
+        predictions[source] = model.predict((audio, video, face), verbose=0)[:, k]
+    # the same ridge in NumPy: [audio, video, appearance] standardized with the recorded moments
+    a, v = clip_statistics(test, crop_size=20)
+    cells = face_appearance(test, "face", crop_size=20)
+    x = np.hstack([a, v, cells])
+    moments_mean = np.hstack([init.audio_mean, init.video_mean, init.appearance_mean])
+    moments_var = np.hstack([init.audio_var, init.video_var, init.appearance_var])
+    x = (x - moments_mean) / np.sqrt(np.where(moments_var > 1e-12, moments_var, 1))
+    expected = mean[k] + std[k] * (x @ np.asarray(init.ridge_kernel)[:, k] + init.ridge_bias[k])
+    np.testing.assert_allclose(predictions["face"], expected, atol=2e-4)
+    r2 = {s: 1 - ((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum() for s, p in predictions.items()}
+    assert r2["face"] > 0.9 and r2[None] < 0.3, r2
+    # the clip-statistics baseline stays a baseline of clip statistics: it never reads the faces
+    assert ridge_baseline(cache)["n_features"] in (72, 36, 108)
+
+
+def test_face_appearance_needs_its_source_and_complete_moments(tmp_path):
+    cache = write_synthetic_cache(tmp_path, audio_shape=AUDIO, frame_shape=FRAMES)
+    with pytest.raises(ValueError, match="has no face crops"):
+        face_appearance(cache.split("train"), "face", crop_size=20)
+    with pytest.raises(ValueError, match="unknown face appearance source"):
+        face_appearance(cache.split("train"), "mouth", crop_size=20)
+    init = statistics_init(cache.split("train"), np.full(5, 0.5), np.full(5, 0.1), crop_size=20, appearance_from="video")
+    assert init.appearance_from == "video" and len(init.appearance_mean) == 256
+    assert np.asarray(init.ridge_kernel).shape == (72 + 36 + 256, 5)
+    small = statistics_init(cache.split("train"), np.full(5, 0.5), np.full(5, 0.1), crop_size=12, appearance_from="video")
+    assert small.appearance_from is None  # crops under the 16x16 grid get no appearance cells
+    with pytest.raises(ValueError, match="appearance_from='mouth'"):
+        StatisticsInit((0.0,), (1.0,), (0.0,), (1.0,), appearance_from="mouth")
+    with pytest.raises(ValueError, match="together"):
+        StatisticsInit((0.0,), (1.0,), (0.0,), (1.0,), appearance_from="face")
+    with pytest.raises(ValueError, match="give face_shape"):
+        build_model(AUDIO, (FRAMES[0], 20, 20, 3), traits=TRAITS, audio_branch="stats", backbone="stats",
+                    target_mean=np.full(5, 0.5), target_std=np.full(5, 0.1),
+                    statistics=dataclasses.replace(init, appearance_from="face"))
 
 
 def test_ridge_recovers_a_planted_linear_cue(tmp_path):
@@ -133,3 +235,17 @@ def test_the_verdict_quotes_the_paired_intervals():
     assert lines[1] == ("Test 1-MAE 0.9570 [0.9500, 0.9600]; model minus each baseline, 95% cluster-bootstrap "
                         "interval over YouTube ids: mean predictor 0.0770 [0.0700, 0.0800]; clip-statistics ridge "
                         "+0.0070 [-0.0010, +0.0150].")
+
+
+@pytest.mark.parametrize("frames, source", [("whole", None), ("face", "video"), ("both", "face")])
+def test_the_hypermodel_reads_face_appearance_where_the_crops_are(tmp_path, frames, source):
+    import keras_tuner as kt
+
+    from search.hypermodel import PersonalityHyperModel
+
+    cache = write_synthetic_cache(tmp_path, audio_shape=AUDIO, frame_shape=FRAMES, params={"frames": frames},
+                                  face_size=24 if frames == "both" else None)
+    hypermodel = PersonalityHyperModel(cache, batch_sizes=(4,), crop_size=20)
+    assert hypermodel.appearance_from == source
+    model = hypermodel.build(kt.HyperParameters())  # defaults: standardized targets with the ridge path
+    assert ("face_appearance" in [layer.name for layer in model.layers]) == (source is not None)

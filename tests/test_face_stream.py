@@ -107,6 +107,7 @@ def test_a_both_cache_feeds_a_three_input_model_and_predict_uses_it(clips, tmp_p
     hp = kt.HyperParameters()
     model = hypermodel.build(hp)
     assert [t.name.split(":")[0] for t in model.inputs] == ["audio", "video", "face"]
+    assert hypermodel.appearance_from == "face" and "face_appearance" in [layer.name for layer in model.layers]
     assert {p.name for p in hp.space} == set(HYPERPARAMETERS + FACE_HYPERPARAMETERS)
 
     config = SearchConfig(max_epochs=1, batch_sizes=(4,), crop_size=32, early_stopping_patience=0, verbose=0)
